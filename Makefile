@@ -1,0 +1,53 @@
+# The two commands a developer needs: `make demo` and `make test`.
+# Everything they depend on (the venv, Mosquitto) is set up here.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_DATA ?= demo-data
+
+.PHONY: all venv deps mosquitto test test-slow check demo bench clean
+
+all: check test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Mosquitto is a real process in the tests and the demo, never mocked.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing mosquitto with apt-get..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	else \
+		echo "Mosquitto is missing. Install it with: sudo apt-get install mosquitto" >&2; exit 1; \
+	fi
+
+deps: venv mosquitto
+
+test: deps
+	$(BIN)/pytest -q
+
+test-slow: deps
+	$(BIN)/pytest -q -m slow --timeout=900
+
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: deps
+	$(BIN)/python -m sandbox.demo --data $(DEMO_DATA)
+
+bench: deps
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(DEMO_DATA)
