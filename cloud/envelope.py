@@ -1,0 +1,297 @@
+"""The signed envelope around every call, response, push, notification and event.
+
+PROTOCOL.md "Common envelope": flat JSON objects, system fields beside the
+business fields, RSA2 ``sign``; responses carry ``data`` as a JSON *string*
+and sign ``code``, ``msg``, ``data`` and ``psn``. Pure functions; the clock
+is passed in (``now_ms``) so callers and tests control it.
+
+Raises: ContractError / SignatureError for what we received, CloudRejected
+for a well-formed failure answer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from cloud import wirejson
+from cloud.errors import CloudRejected, ContractError, SignatureError
+from cloud.messages import (
+    MAX_CLOCK_SKEW_MS,
+    EventKind,
+    Method,
+    Notification,
+    OrderInfo,
+    Push,
+    PushClose,
+    PushOrder,
+    PushTopic,
+    TerminalEvent,
+    decode,
+    to_fields,
+)
+from cloud.signing import PrivateKeyLike, PublicKeyLike, sign, verify
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+SYSTEM_FIELDS = ("app_id", "method", "format", "charset", "sign_type", "version", "timestamp")
+ENTRY_PATH = "/api/entry"
+CASHIER_PATH = "/api/cashier/entry"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def timestamp(ms: int | None = None) -> str:
+    """13-digit milliseconds since the epoch, as on the wire."""
+    return str(now_ms() if ms is None else ms)
+
+
+def check_clock(ts: object, now: int, field: str = "timestamp") -> int:
+    """Raises ContractError when ``ts`` is not a ms timestamp within 15 minutes of ``now``."""
+    text = str(ts) if isinstance(ts, str | int) and not isinstance(ts, bool) else ""
+    if not (text.isdigit() and len(text) == 13):
+        raise ContractError("must be a 13-digit millisecond timestamp", f"$.{field}")
+    if abs(int(text) - now) > MAX_CLOCK_SKEW_MS:
+        raise ContractError("is more than 15 minutes off the receiver's clock", f"$.{field}")
+    return int(text)
+
+
+def encode(params: dict[str, Any]) -> bytes:
+    return wirejson.dumps(params).encode("utf-8")
+
+
+# ---------------------------------------------------------------- requests
+
+
+def build_request(
+    method: Method | str,
+    biz: msgspec.Struct | dict[str, Any],
+    *,
+    app_id: str,
+    private_key: PrivateKeyLike,
+    ts_ms: int | None = None,
+) -> dict[str, Any]:
+    """The signed flat request object for ``method``."""
+    fields = to_fields(biz) if isinstance(biz, msgspec.Struct) else dict(biz)
+    fields.update(
+        app_id=app_id,
+        method=str(method),
+        format="JSON",
+        charset="UTF-8",
+        sign_type="RSA2",
+        version="1.0",
+        timestamp=timestamp(ts_ms),
+    )
+    fields["sign"] = sign(fields, private_key)
+    return fields
+
+
+def open_request(
+    body: bytes,
+    public_key_for: Callable[[str], PublicKeyLike | None],
+    *,
+    now: int | None = None,
+) -> tuple[str, str, dict[str, Any]]:
+    """Verify a request body; returns (method, app_id, all fields).
+
+    Raises ContractError (unknown app, bad timestamp, bad system fields) and
+    SignatureError.
+    """
+    obj = wirejson.loads(body)
+    if not isinstance(obj, dict):
+        raise ContractError("request must be a JSON object")
+    app_id = obj.get("app_id")
+    if not isinstance(app_id, str) or not app_id:
+        raise ContractError("app_id is required", "$.app_id")
+    method = obj.get("method")
+    if not isinstance(method, str) or not method:
+        raise ContractError("method is required", "$.method")
+    if obj.get("sign_type", "RSA2") != "RSA2":
+        raise ContractError("only RSA2 is supported", "$.sign_type")
+    key = public_key_for(app_id)
+    if key is None:
+        raise ContractError(f"unknown app_id {app_id!r}", "$.app_id")
+    verify(obj, key)
+    check_clock(obj.get("timestamp"), now_ms() if now is None else now)
+    return method, app_id, obj
+
+
+# ---------------------------------------------------------------- responses
+
+
+def build_response(
+    data: msgspec.Struct | dict[str, Any] | None,
+    private_key: PrivateKeyLike,
+    *,
+    code: str = "0",
+    msg: str = "success",
+    psn: str | None = None,
+) -> dict[str, Any]:
+    """A signed response; ``data`` is written as a JSON string."""
+    if isinstance(data, msgspec.Struct):
+        data = to_fields(data)
+    out: dict[str, Any] = {
+        "code": code,
+        "msg": msg,
+        "data": "" if data is None else wirejson.dumps(data),
+        "psn": psn or uuid.uuid4().hex,
+    }
+    out["sign"] = sign(out, private_key)
+    return out
+
+
+def open_response(body: bytes, gateway_key: PublicKeyLike, type_: type[T]) -> T:
+    """Verify a response and decode its ``data``.
+
+    Raises SignatureError / ContractError when the answer is not a valid signed
+    response (callers treat that as "outcome unknown"), CloudRejected when it
+    is a valid failure answer.
+    """
+    obj = wirejson.loads(body)
+    if not isinstance(obj, dict):
+        raise ContractError("response must be a JSON object")
+    verify(obj, gateway_key)
+    code = obj.get("code")
+    if not isinstance(code, str):
+        raise ContractError("code must be a string", "$.code")
+    if code != "0":
+        raise CloudRejected(code, str(obj.get("msg", "")))
+    data = obj.get("data")
+    if not isinstance(data, str) or not data:
+        raise ContractError("data must be a JSON string", "$.data")
+    return decode(wirejson.loads(data), type_)
+
+
+# ---------------------------------------------------------------- notifications
+
+
+def build_notification(
+    info: OrderInfo, private_key: PrivateKeyLike, *, notify_id: str, notify_time: str
+) -> dict[str, Any]:
+    fields = to_fields(info)
+    fields.update(notify_id=notify_id, notify_time=notify_time, sign_type="RSA2")
+    fields["sign"] = sign(fields, private_key)
+    return fields
+
+
+def verify_notification(body: bytes | dict[str, Any], gateway_key: PublicKeyLike) -> Notification:
+    """Verify and decode a result notification. Raises SignatureError, ContractError."""
+    obj = wirejson.loads(body) if isinstance(body, bytes | str) else body
+    if not isinstance(obj, dict):
+        raise ContractError("notification must be a JSON object")
+    verify(obj, gateway_key)
+    return decode(obj, Notification)
+
+
+# ---------------------------------------------------------------- pushes (part C)
+
+
+class PushRejected(ContractError):
+    """A push the terminal must not act on; ``reason`` is the short code reported
+    in the ``rejected`` event (bad_signature, wrong_terminal, clock, expired, malformed)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def build_push(
+    topic: PushTopic,
+    biz: PushOrder | PushClose,
+    *,
+    app_id: str,
+    private_key: PrivateKeyLike,
+    message_id: str | None = None,
+    ts_ms: int | None = None,
+) -> Push:
+    fields: dict[str, Any] = {
+        "topic": str(topic),
+        "message_id": message_id or uuid.uuid4().hex,
+        "app_id": app_id,
+        "timestamp": timestamp(ts_ms),
+        "version": "1.0",
+        "biz_data": wirejson.dumps(to_fields(biz)),
+        "sign_type": "RSA2",
+    }
+    fields["sign"] = sign(fields, private_key)
+    return decode(fields, Push)
+
+
+def open_push(
+    payload: bytes, gateway_key: PublicKeyLike, terminal_sn: str, *, now: int | None = None
+) -> tuple[Push, PushOrder | PushClose]:
+    """Everything the terminal checks before it acts on a push (part C).
+
+    Raises PushRejected with a reason code; never anything else.
+    """
+    now = now_ms() if now is None else now
+    try:
+        obj = wirejson.loads(payload)
+        if not isinstance(obj, dict):
+            raise ContractError("push must be a JSON object")
+        verify(obj, gateway_key)
+    except SignatureError as exc:
+        raise PushRejected("bad_signature", str(exc)) from None
+    except ContractError as exc:
+        raise PushRejected("malformed", str(exc)) from None
+    try:
+        push = decode(obj, Push)
+        biz_type: type[PushOrder] | type[PushClose] = (
+            PushOrder if push.topic is PushTopic.PAY_ORDER else PushClose
+        )
+        biz = decode(wirejson.loads(push.biz_data), biz_type)
+    except ContractError as exc:
+        raise PushRejected("malformed", str(exc)) from None
+    if biz.terminal_sn != terminal_sn:
+        raise PushRejected("wrong_terminal", "push is addressed to another terminal")
+    try:
+        check_clock(push.timestamp, now)
+    except ContractError as exc:
+        raise PushRejected("clock", str(exc)) from None
+    if isinstance(biz, PushOrder) and biz.expires_at <= now:
+        raise PushRejected("expired", "order expired before it could be shown")
+    return push, biz
+
+
+# ---------------------------------------------------------------- terminal events
+
+
+def build_event(
+    event: EventKind,
+    *,
+    terminal_sn: str,
+    message_id: str,
+    private_key: PrivateKeyLike,
+    trans_no: str | None = None,
+    reason: str | None = None,
+    hops: dict[str, int] | None = None,
+    ts_ms: int | None = None,
+) -> TerminalEvent:
+    fields: dict[str, Any] = {
+        "event": str(event),
+        "message_id": message_id,
+        "terminal_sn": terminal_sn,
+        "timestamp": timestamp(ts_ms),
+        "trans_no": trans_no,
+        "reason": reason,
+        "hops": wirejson.dumps(hops) if hops else None,
+        "sign_type": "RSA2",
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fields["sign"] = sign(fields, private_key)
+    return decode(fields, TerminalEvent)
+
+
+def open_event(payload: bytes, terminal_key: PublicKeyLike) -> TerminalEvent:
+    """Verify a terminal event. Raises SignatureError, ContractError."""
+    obj = wirejson.loads(payload)
+    if not isinstance(obj, dict):
+        raise ContractError("event must be a JSON object")
+    verify(obj, terminal_key)
+    return decode(obj, TerminalEvent)
