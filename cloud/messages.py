@@ -419,6 +419,10 @@ class CashierResult(Wire):
     trans_error_msg: str | None = None
     request_no: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.masked_pan is not None and not _MASKED_PAN.fullmatch(self.masked_pan):
+            raise _bad("masked_pan", "must be first 6 / last 4 with * between")
+
 
 # ---------------------------------------------------------------- decoding
 
