@@ -1,0 +1,884 @@
+"""The transaction engine: from a journaled push to a final, reported outcome.
+
+It is the model of the state table in ``agent.states`` and holds every rule
+about money (DESIGN.md "Transaction engine", PROTOCOL.md parts C and D):
+
+* A push is verified, journaled and only then returned from ``handle_push``
+  (after which the MQTT link sends the PUBACK). Redeliveries are recognised
+  by ``message_id`` and ``trans_no`` and do nothing.
+* One transaction at a time; others wait in a queue, FIFO or FILO as each
+  order asks, and the TMS is told ``busy``.
+* A payment attempt's ``request_no`` is journaled before the first send. A
+  timeout, network failure, refused or nonsensical answer makes the outcome
+  unknown: RESOLVING asks ``cashier.trans.detail`` until ``resolve_deadline``
+  and then sends ``cashier.trans.reverse``, retried until acknowledged. The
+  payment is never sent again.
+* Final outcomes are journaled, shown, then reported through the outbox
+  (terminal events, and ``cashier.trans.cancel`` for cashier cancels and
+  expiries), which is retried until delivered and survives restarts.
+* On start, every non-final transaction is resolved (an attempt without an
+  answer), expired, or queued again, before new pushes are taken.
+
+All inputs (presentations, cashier intents, close pushes) pass through one
+inbox consumed by one worker task, so triggers never race; the state
+machine's own timers fire ``expire`` and ``done``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from agent.gateway import GatewayClient, OrderRef, decline_reason
+from agent.journal import Journal, Phase, TxRow
+from agent.states import RESULT_SECONDS, State, build_machine
+from cloud import envelope, money, wirejson
+from cloud import messages as m
+from cloud.errors import CloudRejected, CloudUnavailable, SadadError
+from cloud.signing import PrivateKeyLike, PublicKeyLike
+from drivers.base import (
+    ArmContext,
+    CardGone,
+    CardNotSupported,
+    CardRead,
+    EntryMode,
+    Presentation,
+    ReaderError,
+    ReaderOffline,
+    ReaderState,
+    WalletCode,
+)
+
+log = logging.getLogger(__name__)
+
+# Hop names of the per-payment timeline, in the order a sale reaches them.
+HOPS = (
+    "push_received",
+    "journaled",
+    "acknowledged",
+    "shown",
+    "card_presented",
+    "card_read",
+    "payment_journaled",
+    "sent",
+    "answered",
+    "result_shown",
+    "event_published",
+)
+
+
+class ReaderPort(Protocol):
+    """What the engine needs of a reader (``drivers.registry.ManagedReader``)."""
+
+    name: str
+    kind: str
+
+    @property
+    def state(self) -> ReaderState: ...
+
+    async def arm(self, ctx: ArmContext) -> None: ...
+
+    async def next_presentation(self) -> Presentation: ...
+
+    async def disarm(self) -> None: ...
+
+
+class LinkDown(SadadError):
+    """Raised by an event publisher when the broker cannot take the event now."""
+
+
+EventPublisher = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    sn: str
+    private_key: PrivateKeyLike
+    gateway_public_key: PublicKeyLike
+    resolve_deadline: float = 60.0
+    result_seconds: float = RESULT_SECONDS
+    retry_base: float = 1.0
+    retry_cap: float = 30.0
+
+
+@dataclass(slots=True)
+class ScreenView:
+    """Everything the checkout shows; only masked card data."""
+
+    screen: m.Screen
+    order: dict[str, Any] | None = None
+    progress: str | None = None
+    card: dict[str, str] | None = None
+    result: dict[str, Any] | None = None
+    message: str | None = None
+    queue: int = 0
+
+
+@dataclass(slots=True)
+class _Current:
+    tx: TxRow
+    card: dict[str, str] | None = None
+    resolving_rejected: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Clock:
+    """Wall time for the wire, derived from the monotonic clock so hops only increase."""
+
+    def __init__(self) -> None:
+        self._wall0 = time.time_ns() // 1_000_000
+        self._mono0 = time.monotonic_ns() // 1_000_000
+
+    def ms(self) -> int:
+        return self._wall0 + (time.monotonic_ns() // 1_000_000 - self._mono0)
+
+
+class Engine:
+    """The model of the state machine. Use from one asyncio loop."""
+
+    state: State  # set by transitions
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        journal: Journal,
+        gateway: GatewayClient,
+        readers: Sequence[ReaderPort] = (),
+        *,
+        on_screen: Callable[[ScreenView], None] | None = None,
+        on_status: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.gateway = gateway
+        self.readers = list(readers)
+        self._on_screen = on_screen or (lambda _view: None)
+        self._on_status = on_status or (lambda: None)
+        self._publish: EventPublisher | None = None
+        self._rng = rng or random.Random()
+        self.clock = Clock()
+        self.queue: deque[str] = deque()
+        self.current: _Current | None = None
+        self.view = ScreenView(screen=m.Screen.IDLE)
+        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._outbox_wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._reader_tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._recovering = False
+        self.gateway_ok: bool | None = None
+        build_machine(self, settings.result_seconds)
+
+    # ================================================================ life cycle
+
+    def set_event_publisher(self, publish: EventPublisher | None) -> None:
+        self._publish = publish
+        self._outbox_wake.set()
+
+    async def recover(self) -> None:
+        """Resolve, expire or re-queue every non-final transaction (run before the link)."""
+        self._recovering = True
+        try:
+            for tx in self.journal.open_transactions():
+                if self.journal.attempts(tx.trans_no):
+                    # A payment was (maybe) sent: the gateway knows the outcome.
+                    log.warning(
+                        "resuming %s: payment outcome not journaled, resolving", tx.trans_no
+                    )
+                    self.current = _Current(tx)
+                    self._idle.clear()
+                    await self.trigger("recover")  # type: ignore[attr-defined]
+                    await self._idle.wait()
+                elif tx.expires_at <= _wall_ms():
+                    self._finish_offline(tx, Phase.EXPIRED, "failed", reason="expired")
+                else:
+                    log.info("resuming %s: order shown again", tx.trans_no)
+                    self._enqueue(tx.trans_no, tx.queue_mode)
+        finally:
+            self._recovering = False
+
+    def start(self) -> None:
+        """Start the worker and the outbox drainer (after ``recover``)."""
+        self._tasks = [
+            asyncio.create_task(self._worker(), name="engine-worker"),
+            asyncio.create_task(self._drain_outbox(), name="engine-outbox"),
+        ]
+        self._inbox.put_nowait(("next", None))
+
+    async def stop(self) -> None:
+        await self._stop_readers()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def seconds_left(self) -> float:
+        """Time until the current order's ``expires_at`` (used by the state deadline)."""
+        if self.current is None:
+            return 0.001
+        return max(0.001, (self.current.tx.expires_at - _wall_ms()) / 1000)
+
+    # ================================================================ inputs
+
+    async def handle_push(self, payload: bytes) -> None:
+        """Verify and journal one push. Returns once it is durable (then PUBACK).
+        Raises JournalError only (the push is then not acknowledged)."""
+        received = self.clock.ms()
+        try:
+            push, biz = envelope.open_push(
+                payload, self.settings.gateway_public_key, self.settings.sn
+            )
+        except envelope.PushRejected as exc:
+            self._reject(payload, exc)
+            return
+        if self.journal.seen_push(push.message_id):
+            log.info("push %s delivered again: already handled", push.message_id)
+            return
+        if isinstance(biz, m.PushClose):
+            if self.journal.record_close_push(push.message_id, biz.trans_no):
+                self._inbox.put_nowait(("close", biz.trans_no))
+            return
+        fields = {
+            "trans_no": biz.trans_no,
+            "merchant_no": biz.merchant_no,
+            "merchant_order_no": biz.merchant_order_no,
+            "trans_type": int(biz.trans_type),
+            "orig_trans_no": biz.orig_trans_no,
+            "currency": biz.price_currency,
+            "amount": biz.order_amount,
+            "tip_amount": biz.tip_amount,
+            "description": biz.description,
+            "pay_scenario": biz.pay_scenario.value if biz.pay_scenario else None,
+            "confirm": int(biz.confirm_on_terminal),
+            "expires_at": biz.expires_at,
+            "queue_mode": biz.order_queue_mode.value,
+        }
+        if not self.journal.record_order(push.message_id, fields):
+            log.info("order %s pushed again under a new message: ignored", biz.trans_no)
+            return
+        self.journal.hop(biz.trans_no, "push_received", received)
+        self.journal.hop(biz.trans_no, "journaled", self.clock.ms())
+        self.journal.enqueue_event("received", push.message_id, biz.trans_no)
+        busy = self.current is not None or bool(self.queue)
+        if busy:
+            self.journal.enqueue_event("busy", push.message_id, biz.trans_no)
+        self._enqueue(biz.trans_no, biz.order_queue_mode.value)
+        self.journal.hop(biz.trans_no, "acknowledged", self.clock.ms())
+        self._outbox_wake.set()
+        self._inbox.put_nowait(("next", None))
+        log.info(
+            "order %s journaled: %s%s",
+            biz.trans_no,
+            money.fmt(biz.trans_amount, biz.price_currency),
+            " (queued, terminal busy)" if busy else "",
+        )
+
+    def _reject(self, payload: bytes, exc: envelope.PushRejected) -> None:
+        message_id, topic = "unknown", "unknown"
+        try:
+            obj = wirejson.loads(payload)
+            if isinstance(obj, dict):
+                message_id = str(obj.get("message_id") or "unknown")[:64]
+                topic = str(obj.get("topic") or "unknown")[:64]
+        except SadadError:
+            pass
+        log.warning("push %s rejected (%s): %s", message_id, exc.reason, exc)
+        if message_id == "unknown":
+            message_id = "rejected-" + str(_wall_ms())
+        if self.journal.record_rejected_push(message_id, topic, exc.reason):
+            self.journal.enqueue_event("rejected", message_id, None, exc.reason)
+            self._outbox_wake.set()
+
+    async def handle_intent(self, name: str) -> dict[str, Any]:
+        """A cashier intent from the UI bridge: confirm or cancel the current order."""
+        if name not in ("confirm", "cancel"):
+            raise ValueError(f"unknown intent {name}")
+        if self.current is None:
+            return {"accepted": False, "reason": "no order on screen"}
+        self._inbox.put_nowait((name, self.current.tx.trans_no))
+        return {"accepted": True}
+
+    def _enqueue(self, trans_no: str, mode: str) -> None:
+        if mode == m.QueueMode.FILO.value:
+            self.queue.appendleft(trans_no)
+        else:
+            self.queue.append(trans_no)
+        self._on_status()
+        self._show()
+
+    # ================================================================ the worker
+
+    async def _worker(self) -> None:
+        while True:
+            kind, arg = await self._inbox.get()
+            try:
+                await self._handle(kind, arg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("engine: %s failed", kind)
+
+    async def _handle(self, kind: str, arg: Any) -> None:
+        cur = self.current
+        if kind == "next":
+            if self.state is State.IDLE and self.current is None and self.queue:
+                await self._offer_next()
+        elif kind == "presentation":
+            if cur is not None and self.state is State.AWAITING_PAYMENT:
+                await self.trigger("present", presentation=arg)  # type: ignore[attr-defined]
+        elif kind in ("confirm", "cancel"):
+            if cur is not None and cur.tx.trans_no == arg:
+                await self.trigger(kind, cause="cashier")  # type: ignore[attr-defined]
+        elif kind == "close":
+            await self._close(arg)
+
+    async def _offer_next(self) -> None:
+        while self.queue:
+            trans_no = self.queue.popleft()
+            tx = self.journal.get(trans_no)
+            if tx is None or tx.final:
+                continue
+            if tx.expires_at <= _wall_ms():
+                self._finish_offline(tx, Phase.EXPIRED, "failed", reason="expired")
+                continue
+            self.current = _Current(tx)
+            self._idle.clear()
+            await self.trigger("offer")  # type: ignore[attr-defined]
+            return
+        self._on_status()
+
+    async def _close(self, trans_no: str) -> None:
+        if self.current is not None and self.current.tx.trans_no == trans_no:
+            if self.state in (State.OFFERED, State.AWAITING_PAYMENT, State.READING):
+                await self.trigger("close", cause="cloud")  # type: ignore[attr-defined]
+            else:
+                log.warning("close for %s ignored: payment already %s", trans_no, self.state.value)
+            return
+        tx = self.journal.get(trans_no)
+        if tx is None:
+            log.warning("close for unknown order %s", trans_no)
+            return
+        with contextlib.suppress(ValueError):
+            self.queue.remove(trans_no)
+        if not tx.final and not self.journal.attempts(trans_no):
+            self._finish_offline(tx, Phase.CLOSED, "closed", reason="closed by the POS")
+        self._show()
+
+    def _finish_offline(self, tx: TxRow, phase: Phase, event: str, reason: str) -> None:
+        """Finish a transaction that is not on screen (queued or recovered)."""
+        if self.journal.finish(tx.trans_no, phase, reason=reason):
+            if phase is Phase.EXPIRED:
+                self.journal.enqueue_event("gw:cancel", tx.message_id, tx.trans_no, "expired")
+            self.journal.enqueue_event(event, tx.message_id, tx.trans_no, reason)
+            self._outbox_wake.set()
+
+    # ================================================================ state callbacks
+
+    async def on_enter_IDLE(self, *_: Any, **__: Any) -> None:
+        self.current = None
+        self.view = ScreenView(screen=m.Screen.IDLE, queue=len(self.queue))
+        self._show()
+        self._idle.set()
+        self._inbox.put_nowait(("next", None))
+
+    async def on_enter_OFFERED(self, *_: Any, **__: Any) -> None:
+        cur = self._cur()
+        self.journal.set_phase(cur.tx.trans_no, Phase.OFFERED)
+        self.view = ScreenView(
+            screen=State.OFFERED.screen(cur.tx.confirm),
+            order=self._order_view(cur.tx),
+            progress="Confirm the amount" if cur.tx.confirm else None,
+        )
+        self._show()
+        self._hop("shown")
+        self.journal.enqueue_event("displayed", cur.tx.message_id, cur.tx.trans_no)
+        self._outbox_wake.set()
+        if not cur.tx.confirm:
+            await self.trigger("start")  # type: ignore[attr-defined]
+
+    async def on_enter_AWAITING_PAYMENT(
+        self, *_: Any, message: str | None = None, **__: Any
+    ) -> None:
+        cur = self._cur()
+        self.journal.set_phase(cur.tx.trans_no, Phase.AWAITING_PAYMENT)
+        self.view = ScreenView(
+            screen=m.Screen.WAITING_FOR_CARD,
+            order=self._order_view(cur.tx),
+            progress=self._prompt(cur.tx),
+            message=message,
+        )
+        self._show()
+        await self._start_readers(cur.tx)
+
+    async def on_exit_AWAITING_PAYMENT(self, *_: Any, **__: Any) -> None:
+        await self._stop_readers()
+
+    async def on_enter_READING(self, *_: Any, presentation: Presentation, **__: Any) -> None:
+        cur = self._cur()
+        self._hop("card_presented")
+        problem = self._check_presentation(cur.tx, presentation)
+        if problem:
+            await self.trigger("retry_read", message=problem)  # type: ignore[attr-defined]
+            return
+        if isinstance(presentation, CardRead):
+            cur.card = {
+                "masked_pan": presentation.masked_pan,
+                "brand": presentation.brand,
+                "entry_mode": presentation.entry_mode.value,
+            }
+        else:
+            cur.card = {
+                "masked_pan": presentation.masked,
+                "brand": presentation.wallet.value,
+                "entry_mode": EntryMode.WALLET.value,
+            }
+        self.view = ScreenView(
+            screen=m.Screen.READING,
+            order=self._order_view(cur.tx),
+            progress="Card read" if isinstance(presentation, CardRead) else "Code scanned",
+            card=cur.card,
+        )
+        self._show()
+        self._hop("card_read")
+        await self.trigger("authorize", presentation=presentation)  # type: ignore[attr-defined]
+
+    async def on_enter_AUTHORIZING(self, *_: Any, presentation: Presentation, **__: Any) -> None:
+        cur = self._cur()
+        tx = cur.tx
+        attempt_no = len(self.journal.attempts(tx.trans_no)) + 1
+        request_no = f"{self.settings.sn}-{tx.trans_no}-{attempt_no}"
+        card_fields: dict[str, Any] = {}
+        if isinstance(presentation, CardRead):
+            card_fields = {
+                "masked_pan": presentation.masked_pan,
+                "card_brand": presentation.brand,
+                "entry_mode": presentation.entry_mode.value,
+            }
+        else:
+            card_fields = {"card_brand": presentation.wallet.value, "entry_mode": "WALLET"}
+        kind = "wallet" if isinstance(presentation, WalletCode) else "card"
+        self.journal.set_phase(tx.trans_no, Phase.AUTHORIZING, **card_fields)
+        self.journal.new_attempt(tx.trans_no, request_no, kind)
+        self._hop("payment_journaled")
+        self.view = ScreenView(
+            screen=m.Screen.AUTHORIZING,
+            order=self._order_view(tx),
+            progress="Authorizing...",
+            card=cur.card,
+        )
+        self._show()
+        ref = OrderRef.of(tx)
+        self._hop("sent")
+        try:
+            if isinstance(presentation, CardRead):
+                result = await self.gateway.pay_card(ref, request_no, presentation)
+            else:
+                result = await self.gateway.pay_wallet(ref, request_no, presentation)
+        except CloudUnavailable as exc:
+            self.gateway_ok = False
+            log.warning("payment %s outcome unknown: %s", tx.trans_no, exc)
+            await self.trigger("unknown")  # type: ignore[attr-defined]
+            return
+        except CloudRejected as exc:
+            self.gateway_ok = True
+            log.warning("payment %s refused by the gateway: %s", tx.trans_no, exc)
+            cur.resolving_rejected = True
+            await self.trigger("unknown")  # type: ignore[attr-defined]
+            return
+        finally:
+            del presentation  # clear card data leaves our hands here
+        self.gateway_ok = True
+        self._hop("answered")
+        await self._adopt(request_no, result, from_create=True)
+
+    async def on_enter_RESOLVING(self, *_: Any, **__: Any) -> None:
+        cur = self._cur()
+        tx = cur.tx
+        attempts = self.journal.attempts(tx.trans_no)
+        if not attempts:  # nothing was ever sent
+            await self.trigger("reversed", reason="payment not sent")  # type: ignore[attr-defined]
+            return
+        request_no = attempts[-1].request_no
+        self.journal.set_phase(tx.trans_no, Phase.RESOLVING)
+        self.view = ScreenView(
+            screen=m.Screen.AUTHORIZING,
+            order=self._order_view(tx),
+            progress="Checking the payment result...",
+            card=cur.card,
+        )
+        self._show()
+        deadline = time.monotonic() + self.settings.resolve_deadline
+        delay = self.settings.retry_base
+        while True:
+            try:
+                detail = await self.gateway.detail(tx.trans_no, request_no)
+                self.gateway_ok = True
+                if detail.trans_status.is_final:
+                    self._hop("answered")
+                    await self._adopt(request_no, detail, from_create=False)
+                    return
+            except CloudUnavailable as exc:
+                self.gateway_ok = False
+                log.warning("detail %s: %s", tx.trans_no, exc)
+            except CloudRejected as exc:
+                log.warning("detail %s refused: %s", tx.trans_no, exc)
+            if cur.resolving_rejected or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(self._jitter(delay))
+            delay = min(delay * 2, self.settings.retry_cap)
+        await self._reverse(request_no)
+
+    async def _reverse(self, request_no: str) -> None:
+        cur = self._cur()
+        tx = cur.tx
+        self.journal.reverse_requested(request_no)
+        self.view.progress = "Cancelling the payment..."
+        self._show()
+        delay = self.settings.retry_base
+        while True:
+            try:
+                result = await self.gateway.reverse(
+                    tx.trans_no, request_no, "outcome unknown (timeout reversal)"
+                )
+                self.journal.reverse_acked(request_no)
+                self.gateway_ok = True
+                log.warning("payment %s reversed", tx.trans_no)
+                await self._adopt(request_no, result, from_create=False, reversed_=True)
+                return
+            except CloudRejected as exc:
+                # Nothing to reverse (never arrived, or already final): learn the truth.
+                log.warning("reverse %s refused: %s", tx.trans_no, exc)
+                try:
+                    detail = await self.gateway.detail(tx.trans_no, request_no)
+                except (CloudUnavailable, CloudRejected):
+                    pass
+                else:
+                    if detail.trans_status.is_final:
+                        self.journal.reverse_acked(request_no)
+                        await self._adopt(request_no, detail, from_create=False, reversed_=True)
+                        return
+                    if detail.trans_status is m.TransStatus.PREORDER:
+                        self.journal.reverse_acked(request_no)
+                        self.journal.enqueue_event(
+                            "gw:cancel", tx.message_id, tx.trans_no, "payment not completed"
+                        )
+                        await self.trigger(  # type: ignore[attr-defined]
+                            "reversed", reason="Payment not completed - no charge"
+                        )
+                        return
+            except CloudUnavailable as exc:
+                self.gateway_ok = False
+                log.warning("reverse %s: %s (will retry)", tx.trans_no, exc)
+            await asyncio.sleep(self._jitter(delay))
+            delay = min(delay * 2, self.settings.retry_cap)
+
+    async def _adopt(
+        self,
+        request_no: str,
+        result: m.CashierResult,
+        *,
+        from_create: bool,
+        reversed_: bool = False,
+    ) -> None:
+        """Move to the final state the gateway reported."""
+        status = result.trans_status
+        if status.is_final:
+            self.journal.attempt_answered(request_no, int(status))
+        if status is m.TransStatus.COMPLETED:
+            await self.trigger("approve", result=result)  # type: ignore[attr-defined]
+        elif status is m.TransStatus.CLOSED:
+            await self.trigger("decline", result=result)  # type: ignore[attr-defined]
+        elif status is m.TransStatus.CANCELLED:
+            reason = "Payment cancelled - no charge" if reversed_ else "Payment cancelled"
+            await self.trigger("reversed", reason=reason)  # type: ignore[attr-defined]
+        elif from_create:
+            # 0 or 9 from a create: not settled yet, find out by detail.
+            await self.trigger("unknown")  # type: ignore[attr-defined]
+        else:
+            raise SadadError(f"cannot adopt non-final status {status}")
+
+    async def on_enter_APPROVED(self, *_: Any, result: m.CashierResult, **__: Any) -> None:
+        await self._final(
+            Phase.APPROVED,
+            "paid",
+            outcome="approved",
+            reason=None,
+            fields={
+                "auth_code": result.auth_code,
+                "ref_no": result.ref_no,
+                "pay_method_id": result.pay_method_id,
+            },
+            extra={"auth_code": result.auth_code},
+        )
+
+    async def on_enter_DECLINED(self, *_: Any, result: m.CashierResult, **__: Any) -> None:
+        reason = decline_reason(result.trans_error_code, result.trans_error_msg)
+        await self._final(
+            Phase.DECLINED,
+            "failed",
+            outcome="declined",
+            reason=reason,
+            fields={"error_code": result.trans_error_code},
+        )
+
+    async def on_enter_CANCELLED(
+        self, *_: Any, cause: str | None = None, reason: str | None = None, **__: Any
+    ) -> None:
+        cur = self._cur()
+        if cause == "cashier":
+            reason = "Cancelled on the terminal"
+            self.journal.enqueue_event("gw:cancel", cur.tx.message_id, cur.tx.trans_no, "cashier")
+        await self._final(Phase.CANCELLED, "cancelled", outcome="cancelled", reason=reason)
+
+    async def on_enter_CLOSED(self, *_: Any, **__: Any) -> None:
+        await self._final(Phase.CLOSED, "closed", outcome="closed", reason="Closed by the POS")
+
+    async def on_enter_EXPIRED(self, *_: Any, **__: Any) -> None:
+        cur = self._cur()
+        self.journal.enqueue_event("gw:cancel", cur.tx.message_id, cur.tx.trans_no, "expired")
+        await self._final(Phase.EXPIRED, "failed", outcome="expired", reason="expired")
+
+    async def _final(
+        self,
+        phase: Phase,
+        event: str,
+        *,
+        outcome: str,
+        reason: str | None,
+        fields: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        cur = self._cur()
+        tx = cur.tx
+        if not self.journal.finish(tx.trans_no, phase, reason=reason, **(fields or {})):
+            log.error("CONFLICT: %s was already final; not changed to %s", tx.trans_no, phase)
+        self.view = ScreenView(
+            screen=m.Screen.RESULT,
+            order=self._order_view(tx),
+            card=cur.card,
+            result={
+                "outcome": outcome,
+                "reason": reason,
+                "masked_pan": (cur.card or {}).get("masked_pan"),
+                **(extra or {}),
+            },
+            queue=len(self.queue),
+        )
+        self._show()
+        self._hop("result_shown")
+        self.journal.enqueue_event(event, tx.message_id, tx.trans_no, reason)
+        self._outbox_wake.set()
+        log.info("order %s final: %s%s", tx.trans_no, outcome, f" ({reason})" if reason else "")
+        if self._recovering:  # nobody is looking: no need to keep the result on screen
+            await self.trigger("done")  # type: ignore[attr-defined]
+
+    # ================================================================ readers
+
+    async def _start_readers(self, tx: TxRow) -> None:
+        await self._stop_readers()
+        cur_ = money.currency(tx.currency)
+        ctx = ArmContext(
+            amount=tx.trans_amount,
+            currency_numeric=cur_.numeric,
+            currency_exponent=cur_.exponent,
+            trans_type=0x20 if tx.trans_type == m.TransType.REFUND else 0x00,
+        )
+        for reader in self._readers_for(tx):
+            self._reader_tasks.append(
+                asyncio.create_task(self._read_loop(reader, ctx), name=f"read-{reader.name}")
+            )
+
+    async def _stop_readers(self) -> None:
+        tasks, self._reader_tasks = self._reader_tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _readers_for(self, tx: TxRow) -> list[ReaderPort]:
+        if tx.pay_scenario == m.PayScenario.SWIPE_CARD.value:
+            return [r for r in self.readers if r.kind != "scanner"]
+        if tx.pay_scenario == m.PayScenario.BSCANQR_PAY.value:
+            return [r for r in self.readers if r.kind == "scanner"]
+        return list(self.readers)
+
+    async def _read_loop(self, reader: ReaderPort, ctx: ArmContext) -> None:
+        delay = self.settings.retry_base
+        armed = False
+        try:
+            while True:
+                try:
+                    if not armed:
+                        await reader.arm(ctx)
+                        armed = True
+                        delay = self.settings.retry_base
+                    presentation = await reader.next_presentation()
+                except CardGone:
+                    self._message("Card removed too soon - tap again")
+                    continue
+                except CardNotSupported as exc:
+                    self._message(f"{exc} - try another card or method")
+                    continue
+                except ReaderOffline as exc:
+                    log.warning("reader %s offline: %s", reader.name, exc)
+                    armed = False
+                    self._on_status()
+                    await asyncio.sleep(self._jitter(delay))
+                    delay = min(delay * 2, self.settings.retry_cap)
+                    continue
+                except ReaderError as exc:
+                    self._message(f"Card could not be read - try again ({exc})")
+                    continue
+                self._inbox.put_nowait(("presentation", presentation))
+                return
+        finally:
+            if armed:
+                with contextlib.suppress(ReaderError):
+                    await reader.disarm()
+
+    def _check_presentation(self, tx: TxRow, p: Presentation) -> str | None:
+        """Why this card or code cannot pay this order, for the cashier; None if it can."""
+        if isinstance(p, CardRead) and p.entry_mode is EntryMode.MAGSTRIPE and p.chip_card:
+            has_tap = any(r.kind == "pn532" for r in self.readers)
+            if has_tap:
+                return "This card has a chip - please tap it instead of swiping"
+        if isinstance(p, WalletCode) and tx.pay_scenario == m.PayScenario.SWIPE_CARD.value:
+            return "This order takes cards only"
+        if isinstance(p, CardRead) and tx.pay_scenario == m.PayScenario.BSCANQR_PAY.value:
+            return "This order takes wallet codes only"
+        return None
+
+    # ================================================================ outbox
+
+    async def _drain_outbox(self) -> None:
+        delay = self.settings.retry_base
+        while True:
+            self._outbox_wake.clear()
+            progress = True
+            for row in self.journal.pending_events():
+                try:
+                    await self._deliver(row.kind, row.message_id, row.trans_no, row.reason)
+                except (LinkDown, CloudUnavailable, OSError) as exc:
+                    log.info("outbox: %s for %s waits (%s)", row.kind, row.trans_no, exc)
+                    progress = False
+                    break
+                except Exception:
+                    log.exception("outbox: %s for %s failed", row.kind, row.trans_no)
+                    progress = False
+                    break
+                self.journal.event_sent(row.id)
+            if progress:
+                delay = self.settings.retry_base
+                await self._outbox_wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._outbox_wake.wait(), self._jitter(delay))
+                delay = min(delay * 2, self.settings.retry_cap)
+
+    async def _deliver(
+        self, kind: str, message_id: str, trans_no: str | None, reason: str | None
+    ) -> None:
+        if kind == "gw:cancel":
+            assert trans_no is not None
+            try:
+                await self.gateway.cancel(trans_no, reason or "cancelled")
+            except CloudRejected as exc:  # already final there: nothing left to do
+                log.info("cancel %s: gateway says %s", trans_no, exc)
+            return
+        if self._publish is None:
+            raise LinkDown("no MQTT link")
+        hops = self.journal.hops(trans_no) if trans_no else {}
+        if kind in ("paid", "failed", "cancelled", "closed") and trans_no:
+            hops["event_published"] = self.clock.ms()
+        event = envelope.build_event(
+            m.EventKind(kind),
+            terminal_sn=self.settings.sn,
+            message_id=message_id,
+            private_key=self.settings.private_key,
+            trans_no=trans_no,
+            reason=reason,
+            hops=hops or None,
+        )
+        await self._publish(envelope.encode(_struct_fields(event)))
+        if "event_published" in hops and trans_no:
+            self.journal.hop(trans_no, "event_published", hops["event_published"])
+
+    # ================================================================ helpers
+
+    def _cur(self) -> _Current:
+        if self.current is None:
+            raise SadadError("no current transaction")
+        return self.current
+
+    def _hop(self, name: str) -> None:
+        if self.current is not None:
+            self.journal.hop(self.current.tx.trans_no, name, self.clock.ms())
+
+    def _jitter(self, delay: float) -> float:
+        return delay * (0.5 + self._rng.random())
+
+    def _show(self) -> None:
+        self.view.queue = len(self.queue)
+        self._on_screen(self.view)
+        self._on_status()
+
+    def _message(self, text: str) -> None:
+        self.view.message = text
+        self._show()
+
+    def _prompt(self, tx: TxRow) -> str:
+        kinds = {r.kind for r in self._readers_for(tx)}
+        ways = [
+            w
+            for k, w in (("pn532", "tap"), ("magstripe", "swipe"), ("scanner", "scan"))
+            if k in kinds
+        ]
+        if not ways:
+            return "No reader available for this order"
+        text = ", ".join(ways[:-1]) + (" or " if len(ways) > 1 else "") + ways[-1]
+        return text[0].upper() + text[1:]
+
+    def _order_view(self, tx: TxRow) -> dict[str, Any]:
+        methods = sorted(
+            {"wallet" if r.kind == "scanner" else "card" for r in self._readers_for(tx)}
+        )
+        return {
+            "trans_no": tx.trans_no,
+            "merchant_order_no": tx.merchant_order_no,
+            "amount": _amount_text(tx.trans_amount, tx.currency),
+            "currency": tx.currency,
+            "description": tx.description,
+            "trans_type": {1: "sale", 2: "void", 3: "refund"}.get(tx.trans_type, "sale"),
+            "methods": methods,
+            "expires_at": tx.expires_at,
+            "confirm_required": tx.confirm,
+        }
+
+    def screen_name(self) -> m.Screen:
+        return self.view.screen
+
+
+def _amount_text(amount: Decimal, currency: str) -> str:
+    exp = money.currency(currency).exponent
+    return f"{amount.quantize(Decimal(1).scaleb(-exp)):f}"
+
+
+def _struct_fields(event: m.TerminalEvent) -> dict[str, Any]:
+    return m.to_fields(event)

@@ -1,0 +1,503 @@
+"""The journal: what the terminal must not lose, in SQLite.
+
+Contract (DESIGN.md "Transaction engine", PROTOCOL.md part C and D):
+
+* WAL with ``synchronous=FULL``: a method returns only once its rows are on
+  disk, so the caller may then take the outside effect (PUBACK a push, send a
+  payment, publish an event).
+* Pushes are keyed by ``message_id``: ``record_push`` says whether it is new,
+  which is how a redelivered push is processed once.
+* A payment attempt's ``request_no`` is stored before the first send and
+  reused on every retry; an attempt without a journaled answer is an unknown
+  outcome, resolved by detail and reverse, never by paying again.
+* Final outcomes never regress: ``finish`` on an already final transaction
+  leaves it as it is and returns False (the conflict is logged loudly).
+* Events for the TMS go through an outbox (transactional outbox pattern), so
+  a crash between "final" and "published" loses nothing.
+* It never holds a full PAN, track data, EMV data or a wallet code: callers
+  pass masked values only, and ``_check_clean`` refuses digit runs that look
+  like a PAN.
+
+Schema changes are numbered migrations applied in order (``PRAGMA
+user_version``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Phase(enum.StrEnum):
+    """Where a transaction stands, as journaled (a subset of the engine states)."""
+
+    OFFERED = "OFFERED"
+    AWAITING_PAYMENT = "AWAITING_PAYMENT"
+    AUTHORIZING = "AUTHORIZING"
+    RESOLVING = "RESOLVING"
+    APPROVED = "APPROVED"
+    DECLINED = "DECLINED"
+    CANCELLED = "CANCELLED"
+    CLOSED = "CLOSED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_PHASES
+
+
+FINAL_PHASES = frozenset(
+    {Phase.APPROVED, Phase.DECLINED, Phase.CANCELLED, Phase.CLOSED, Phase.EXPIRED}
+)
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE pushes (
+        message_id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        trans_no TEXT,
+        received_at INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE TABLE transactions (
+        trans_no TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        merchant_no TEXT NOT NULL,
+        merchant_order_no TEXT NOT NULL,
+        trans_type INTEGER NOT NULL,
+        orig_trans_no TEXT,
+        currency TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        tip_amount TEXT,
+        description TEXT,
+        pay_scenario TEXT,
+        confirm INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        queue_mode TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        final INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        masked_pan TEXT,
+        card_brand TEXT,
+        entry_mode TEXT,
+        auth_code TEXT,
+        ref_no TEXT,
+        pay_method_id TEXT,
+        error_code TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX transactions_open ON transactions(final, seq);
+    CREATE TABLE attempts (
+        request_no TEXT PRIMARY KEY,
+        trans_no TEXT NOT NULL REFERENCES transactions(trans_no),
+        kind TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        answered_at INTEGER,
+        answer_status INTEGER,
+        reverse_requested_at INTEGER,
+        reverse_acked_at INTEGER
+    );
+    CREATE INDEX attempts_trans ON attempts(trans_no);
+    CREATE TABLE hops (
+        trans_no TEXT NOT NULL,
+        name TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (trans_no, name)
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        trans_no TEXT,
+        kind TEXT NOT NULL,
+        reason TEXT,
+        message_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        sent_at INTEGER
+    );
+    """,
+]
+
+# 13-19 digit runs pass the PAN shape; the journal refuses them outright.
+_PAN_LIKE = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written: the agent must not go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxRow:
+    trans_no: str
+    message_id: str
+    merchant_no: str
+    merchant_order_no: str
+    trans_type: int
+    orig_trans_no: str | None
+    currency: str
+    amount: Decimal
+    tip_amount: Decimal | None
+    description: str | None
+    pay_scenario: str | None
+    confirm: bool
+    expires_at: int
+    queue_mode: str
+    seq: int
+    phase: Phase
+    final: bool
+    reason: str | None
+    masked_pan: str | None
+    card_brand: str | None
+    entry_mode: str | None
+    auth_code: str | None
+    ref_no: str | None
+    pay_method_id: str | None
+    error_code: str | None
+    created_at: int
+    updated_at: int
+
+    @property
+    def trans_amount(self) -> Decimal:
+        return self.amount + (self.tip_amount or Decimal(0))
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    request_no: str
+    trans_no: str
+    kind: str
+    created_at: int
+    answered_at: int | None
+    answer_status: int | None
+    reverse_requested_at: int | None
+    reverse_acked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    trans_no: str | None
+    kind: str
+    reason: str | None
+    message_id: str
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_clean(values: dict[str, Any]) -> None:
+    # Only the fields our card handling fills; order fields from the POS may
+    # legitimately be long digit strings (order numbers, gateway ids).
+    for key in _CARD_FIELDS & values.keys():
+        value = values[key]
+        if isinstance(value, str) and _PAN_LIKE.search(value):
+            raise JournalError(f"refusing to journal {key}: it looks like card data")
+
+
+_CARD_FIELDS = frozenset({"masked_pan", "reason", "card_brand", "entry_mode", "auth_code"})
+
+
+class Journal:
+    """One SQLite file; use from one thread (the agent's event loop)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+
+    # ------------------------------------------------------------ plumbing
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise JournalError(
+                f"journal {self.path} has schema {version}, newer than this agent "
+                f"({len(MIGRATIONS)}): upgrade the agent or move the file away"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._tx():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+            log.info("journal migrated to schema %d", number)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal write failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # ------------------------------------------------------------ pushes
+
+    def seen_push(self, message_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM pushes WHERE message_id=?", (message_id,)).fetchone()
+        return row is not None
+
+    def record_rejected_push(self, message_id: str, topic: str, reason: str) -> bool:
+        """Journal a push we refuse. Returns False if the message_id was seen before."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO pushes VALUES (?,?,?,?,?)",
+                (message_id, topic, None, _now_ms(), f"rejected:{reason}"),
+            )
+            return cur.rowcount == 1
+
+    def record_order(self, message_id: str, tx: dict[str, Any]) -> bool:
+        """Journal an accepted order push and its transaction in one commit.
+
+        Returns False (and writes nothing) when ``message_id`` or the
+        ``trans_no`` was journaled before: a redelivery.
+        """
+        _check_clean(tx)
+        now = _now_ms()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO pushes VALUES (?,?,?,?,?)",
+                (message_id, "ecrhub.pay.order", tx["trans_no"], now, "accepted"),
+            )
+            if cur.rowcount == 0:
+                return False
+            exists = db.execute(
+                "SELECT 1 FROM transactions WHERE trans_no=?", (tx["trans_no"],)
+            ).fetchone()
+            if exists:
+                db.execute(
+                    "UPDATE pushes SET outcome='duplicate_trans_no' WHERE message_id=?",
+                    (message_id,),
+                )
+                return False
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM transactions").fetchone()[0]
+            row = {
+                "message_id": message_id,
+                "seq": seq,
+                "phase": Phase.OFFERED.value,
+                "final": 0,
+                "created_at": now,
+                "updated_at": now,
+                **{k: (str(v) if isinstance(v, Decimal) else v) for k, v in tx.items()},
+            }
+            cols = ",".join(row)
+            db.execute(
+                f"INSERT INTO transactions ({cols}) VALUES ({','.join('?' * len(row))})",  # noqa: S608 - column names are ours
+                tuple(row.values()),
+            )
+            return True
+
+    def record_close_push(self, message_id: str, trans_no: str) -> bool:
+        """Journal a close push. Returns False for a redelivery."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO pushes VALUES (?,?,?,?,?)",
+                (message_id, "ecrhub.pay.close", trans_no, _now_ms(), "accepted"),
+            )
+            return cur.rowcount == 1
+
+    # ------------------------------------------------------------ transactions
+
+    def get(self, trans_no: str) -> TxRow | None:
+        row = self._db.execute(
+            "SELECT * FROM transactions WHERE trans_no=?", (trans_no,)
+        ).fetchone()
+        return None if row is None else _tx_row(row)
+
+    def open_transactions(self) -> list[TxRow]:
+        """Non-final transactions in arrival order."""
+        rows = self._db.execute("SELECT * FROM transactions WHERE final=0 ORDER BY seq").fetchall()
+        return [_tx_row(r) for r in rows]
+
+    def recent(self, limit: int = 20) -> list[TxRow]:
+        rows = self._db.execute(
+            "SELECT * FROM transactions ORDER BY seq DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_tx_row(r) for r in rows]
+
+    def set_phase(self, trans_no: str, phase: Phase, **fields: Any) -> None:
+        """Move a non-final transaction to a non-final phase (with masked card fields)."""
+        if phase.is_final:
+            raise ValueError("use finish() for final phases")
+        _check_clean(fields)
+        self._update(trans_no, phase, final=False, fields=fields)
+
+    def finish(self, trans_no: str, phase: Phase, **fields: Any) -> bool:
+        """Make a transaction final. Returns False if it already was (no change)."""
+        if not phase.is_final:
+            raise ValueError(f"{phase} is not final")
+        _check_clean(fields)
+        return self._update(trans_no, phase, final=True, fields=fields)
+
+    def _update(self, trans_no: str, phase: Phase, *, final: bool, fields: dict[str, Any]) -> bool:
+        sets = {"phase": phase.value, "final": int(final), "updated_at": _now_ms(), **fields}
+        assignments = ",".join(f"{k}=?" for k in sets)
+        with self._tx() as db:
+            current = db.execute(
+                "SELECT phase, final FROM transactions WHERE trans_no=?", (trans_no,)
+            ).fetchone()
+            if current is None:
+                raise JournalError(f"no transaction {trans_no}")
+            if current["final"]:
+                if current["phase"] != phase.value:
+                    log.error(
+                        "CONFLICT: %s is final %s; refusing to move it to %s",
+                        trans_no,
+                        current["phase"],
+                        phase.value,
+                    )
+                return False
+            db.execute(
+                f"UPDATE transactions SET {assignments} WHERE trans_no=?",  # noqa: S608 - column names are ours
+                (*sets.values(), trans_no),
+            )
+            return True
+
+    # ------------------------------------------------------------ attempts
+
+    def new_attempt(self, trans_no: str, request_no: str, kind: str) -> None:
+        """Store the idempotency key before the first send (and move to AUTHORIZING)."""
+        now = _now_ms()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO attempts (request_no, trans_no, kind, created_at) VALUES (?,?,?,?)",
+                (request_no, trans_no, kind, now),
+            )
+            db.execute(
+                "UPDATE transactions SET phase=?, updated_at=? WHERE trans_no=? AND final=0",
+                (Phase.AUTHORIZING.value, now, trans_no),
+            )
+
+    def attempts(self, trans_no: str) -> list[AttemptRow]:
+        rows = self._db.execute(
+            "SELECT * FROM attempts WHERE trans_no=? ORDER BY created_at", (trans_no,)
+        ).fetchall()
+        return [AttemptRow(**dict(r)) for r in rows]
+
+    def attempt_answered(self, request_no: str, status: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET answered_at=?, answer_status=? WHERE request_no=?",
+                (_now_ms(), status, request_no),
+            )
+
+    def reverse_requested(self, request_no: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET reverse_requested_at=COALESCE(reverse_requested_at, ?) "
+                "WHERE request_no=?",
+                (_now_ms(), request_no),
+            )
+
+    def reverse_acked(self, request_no: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET reverse_acked_at=? WHERE request_no=?",
+                (_now_ms(), request_no),
+            )
+
+    # ------------------------------------------------------------ timeline
+
+    def hop(self, trans_no: str, name: str, at_ms: int) -> None:
+        """Record when a hop was reached (first time only)."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO hops VALUES (?,?,?)", (trans_no, name, at_ms))
+
+    def hops(self, trans_no: str) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT name, at_ms FROM hops WHERE trans_no=? ORDER BY at_ms, rowid", (trans_no,)
+        ).fetchall()
+        return {r["name"]: r["at_ms"] for r in rows}
+
+    # ------------------------------------------------------------ outbox
+
+    def enqueue_event(
+        self, kind: str, message_id: str, trans_no: str | None, reason: str | None = None
+    ) -> int:
+        _check_clean({"reason": reason})
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO outbox (trans_no, kind, reason, message_id, created_at) "
+                "VALUES (?,?,?,?,?)",
+                (trans_no, kind, reason, message_id, _now_ms()),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def pending_events(self, limit: int = 100) -> list[OutboxRow]:
+        rows = self._db.execute(
+            "SELECT id, trans_no, kind, reason, message_id FROM outbox "
+            "WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [OutboxRow(**dict(r)) for r in rows]
+
+    def event_sent(self, event_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET sent_at=? WHERE id=?", (_now_ms(), event_id))
+
+    # ------------------------------------------------------------ housekeeping
+
+    def prune(self, keep_days: int, now_ms: int | None = None) -> int:
+        """Delete final transactions (and their rows) older than ``keep_days``.
+        Non-final transactions are never pruned. Returns the number removed."""
+        cutoff = (now_ms if now_ms is not None else _now_ms()) - keep_days * 86_400_000
+        with self._tx() as db:
+            old = [
+                r[0]
+                for r in db.execute(
+                    "SELECT trans_no FROM transactions WHERE final=1 AND updated_at<?", (cutoff,)
+                )
+            ]
+            for trans_no in old:
+                db.execute("DELETE FROM attempts WHERE trans_no=?", (trans_no,))
+                db.execute("DELETE FROM hops WHERE trans_no=?", (trans_no,))
+                db.execute(
+                    "DELETE FROM outbox WHERE trans_no=? AND sent_at IS NOT NULL", (trans_no,)
+                )
+                db.execute("DELETE FROM transactions WHERE trans_no=?", (trans_no,))
+            db.execute("DELETE FROM pushes WHERE received_at<?", (cutoff,))
+        return len(old)
+
+
+def _tx_row(row: sqlite3.Row) -> TxRow:
+    data = dict(row)
+    data["amount"] = Decimal(data["amount"])
+    data["tip_amount"] = Decimal(data["tip_amount"]) if data["tip_amount"] else None
+    data["confirm"] = bool(data["confirm"])
+    data["final"] = bool(data["final"])
+    data["phase"] = Phase(data["phase"])
+    return TxRow(**data)

@@ -1,0 +1,383 @@
+"""The transaction engine against simulated peers (gateway, readers, link)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.engine import Engine, EngineSettings, ScreenView
+from agent.journal import Journal, Phase
+from agent.states import State
+from cloud import envelope
+from cloud import messages as m
+from drivers.base import CardGone, CardRead, EntryMode, WalletCode, WalletKind
+from tests.agent.simpeers import (
+    GW_PUBLIC,
+    SN,
+    TERM_PRIVATE,
+    EventSink,
+    SimGateway,
+    SimReader,
+    push_close,
+    push_order,
+    until,
+)
+
+VISA = CardRead(
+    entry_mode=EntryMode.CONTACTLESS,
+    pan="4761739001010010",
+    expiry="2812",
+    brand="Visa",
+    track2="4761739001010010D28122011234567890",
+    emv_tlv=bytes.fromhex("9f2608a1b2c3d4e5f60718"),
+)
+CHIP_SWIPE = CardRead(
+    entry_mode=EntryMode.MAGSTRIPE,
+    pan="5413330089010434",
+    expiry="2812",
+    brand="MasterCard",
+    track2="5413330089010434=28122011234567890",
+    service_code="201",
+)
+WECHAT = WalletCode(code="134567890123456789", wallet=WalletKind.WECHAT_PAY)
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    journal: Journal
+    gateway: SimGateway
+    nfc: SimReader
+    msr: SimReader
+    scanner: SimReader
+    sink: EventSink
+    screens: list[ScreenView]
+    path: Path
+
+    def phase(self, trans_no: str) -> Phase | None:
+        row = self.journal.get(trans_no)
+        return None if row is None else row.phase
+
+
+def _settings(**over: float) -> EngineSettings:
+    return EngineSettings(
+        sn=SN,
+        private_key=TERM_PRIVATE,
+        gateway_public_key=GW_PUBLIC,
+        result_seconds=over.get("result_seconds", 0.05),
+        resolve_deadline=over.get("resolve_deadline", 0.3),
+        retry_base=0.01,
+        retry_cap=0.05,
+    )
+
+
+async def _make(path: Path, gateway: SimGateway, **over: float) -> Rig:
+    journal = Journal(path)
+    nfc, msr, scanner = (
+        SimReader("nfc", "pn532"),
+        SimReader("msr", "magstripe"),
+        SimReader("scan", "scanner"),
+    )
+    screens: list[ScreenView] = []
+    engine = Engine(
+        _settings(**over),
+        journal,
+        gateway.client(),
+        [nfc, msr, scanner],
+        on_screen=lambda v: screens.append(
+            ScreenView(v.screen, v.order, v.progress, v.card, v.result, v.message, v.queue)
+        ),
+    )
+    sink = EventSink()
+    engine.set_event_publisher(sink.publish)
+    await engine.recover()
+    engine.start()
+    return Rig(engine, journal, gateway, nfc, msr, scanner, sink, screens, path)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    r = await _make(tmp_path / "journal.db", SimGateway())
+    yield r
+    await r.engine.stop()
+    await r.engine.gateway.aclose()
+    r.journal.close()
+
+
+async def test_sale_by_card_approved_and_reported(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("TR1"))
+    assert rig.phase("TR1") is not None  # journaled before handle_push returned
+    await until(lambda: rig.nfc.armed is not None)
+    assert rig.nfc.armed is not None
+    assert str(rig.nfc.armed.amount) == "12.50"
+    rig.nfc.present(VISA)
+    await until(lambda: "paid" in rig.sink.kinds("TR1"))
+    assert rig.phase("TR1") is Phase.APPROVED
+    assert rig.gateway.charges == ["TR1"]
+    assert rig.gateway.seen_pans == ["4761739001010010"]
+    row = rig.journal.get("TR1")
+    assert row is not None
+    assert row.masked_pan == "476173******0010"
+    assert row.auth_code == "123456"
+    assert rig.sink.kinds("TR1") == ["received", "displayed", "paid"]
+    hops = rig.sink.hops("TR1", "paid")
+    names = [h for h in hops if h != "event_published"]
+    assert names[:3] == ["push_received", "journaled", "acknowledged"]
+    assert list(hops.values()) == sorted(hops.values())
+    result = [s for s in rig.screens if s.screen is m.Screen.RESULT][-1]
+    assert result.result is not None
+    assert result.result["outcome"] == "approved"
+    await until(lambda: rig.engine.state is State.IDLE)
+
+
+async def test_wallet_and_decline_reason(tmp_path: Path) -> None:
+    gw = SimGateway(decline_code="51")
+    r = await _make(tmp_path / "j.db", gw)
+    try:
+        await r.engine.handle_push(push_order("TR2"))
+        await until(lambda: r.scanner.armed is not None)
+        r.scanner.present(WECHAT)
+        await until(lambda: "failed" in r.sink.kinds("TR2"))
+        row = r.journal.get("TR2")
+        assert row is not None
+        assert row.phase is Phase.DECLINED
+        assert row.reason == "Insufficient funds - try another card"
+        assert gw.charges == []
+    finally:
+        await r.engine.stop()
+        r.journal.close()
+
+
+async def test_duplicate_push_processed_once(rig: Rig) -> None:
+    payload = push_order("TR3")
+    await rig.engine.handle_push(payload)
+    await rig.engine.handle_push(payload)
+    await rig.engine.handle_push(push_order("TR3", message_id="other-id"))
+    assert list(rig.engine.queue) in ([], ["TR3"])
+    await until(lambda: rig.nfc.armed is not None)
+    rig.nfc.present(VISA)
+    await until(lambda: rig.phase("TR3") is Phase.APPROVED)
+    assert rig.gateway.charges == ["TR3"]
+    assert rig.sink.kinds("TR3").count("received") == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (lambda: push_order("X1", sn="T9999"), "wrong_terminal"),
+        (lambda: push_order("X2", expires_in_ms=-1), "expired"),
+        (lambda: push_order("X3").replace(b"12.50", b"1.25"), "bad_signature"),
+        (lambda: b"\x00garbage", "malformed"),
+    ],
+)
+async def test_bad_pushes_rejected_never_shown(rig: Rig, payload: object, reason: str) -> None:
+    assert callable(payload)
+    await rig.engine.handle_push(payload())
+    await until(lambda: "rejected" in rig.sink.kinds())
+    assert rig.sink.events[-1].reason == reason
+    assert all(s.screen is m.Screen.IDLE for s in rig.screens)
+    assert rig.journal.open_transactions() == []
+
+
+async def test_queue_fifo_and_filo_with_busy_event(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("A"))
+    await until(lambda: rig.nfc.armed is not None)
+    await rig.engine.handle_push(push_order("B"))
+    await rig.engine.handle_push(push_order("C", order_queue_mode=m.QueueMode.FILO))
+    assert list(rig.engine.queue) == ["C", "B"]
+    order = []
+    for _ in range(3):
+        await until(lambda: rig.nfc.armed is not None and rig.engine.current is not None)
+        assert rig.engine.current is not None
+        order.append(rig.engine.current.tx.trans_no)
+        rig.nfc.present(VISA)
+        await until(lambda: rig.engine.state is State.APPROVED)
+        await until(lambda: rig.engine.state is not State.APPROVED)
+    assert order == ["A", "C", "B"]
+    await until(lambda: "busy" in rig.sink.kinds("B"))
+
+
+async def test_cashier_cancel_cancels_at_gateway(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("TR4"))
+    await until(lambda: rig.nfc.armed is not None)
+    assert (await rig.engine.handle_intent("cancel"))["accepted"]
+    await until(lambda: "cancelled" in rig.sink.kinds("TR4"))
+    assert rig.phase("TR4") is Phase.CANCELLED
+    await until(lambda: rig.gateway.status.get("TR4") is m.TransStatus.CANCELLED)
+    assert rig.nfc.armed is None
+
+
+async def test_confirm_on_terminal(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("TR5", confirm_on_terminal=True))
+    await until(lambda: rig.engine.state is State.OFFERED)
+    assert rig.screens[-1].screen is m.Screen.WAITING_FOR_CONFIRM
+    assert rig.nfc.armed is None
+    await rig.engine.handle_intent("confirm")
+    await until(lambda: rig.nfc.armed is not None)
+
+
+async def test_cloud_close_while_waiting(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("TR6"))
+    await until(lambda: rig.nfc.armed is not None)
+    await rig.engine.handle_push(push_close("TR6"))
+    await until(lambda: rig.phase("TR6") is Phase.CLOSED)
+    await until(lambda: "closed" in rig.sink.kinds("TR6"))
+    assert rig.gateway.charges == []
+
+
+async def test_close_of_queued_order(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("Q1"))
+    await rig.engine.handle_push(push_order("Q2"))
+    await until(lambda: rig.nfc.armed is not None)
+    await rig.engine.handle_push(push_close("Q2"))
+    await until(lambda: rig.phase("Q2") is Phase.CLOSED)
+    assert "Q2" not in rig.engine.queue
+
+
+async def test_expiry(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("TR7", expires_in_ms=300))
+    await until(lambda: rig.phase("TR7") is Phase.EXPIRED, timeout=3)
+    await until(lambda: rig.gateway.status.get("TR7") is m.TransStatus.CANCELLED)
+    assert rig.sink.kinds("TR7")[-1] == "failed"
+
+
+async def test_tap_again_after_card_gone_and_chip_swipe(rig: Rig) -> None:
+    await rig.engine.handle_push(push_order("TR8"))
+    await until(lambda: rig.nfc.armed is not None)
+    rig.nfc.present(CardGone("card removed"))
+    await until(lambda: any(s.message and "tap again" in s.message for s in rig.screens))
+    rig.msr.present(CHIP_SWIPE)
+    await until(lambda: any(s.message and "chip" in s.message for s in rig.screens))
+    await until(lambda: rig.nfc.armed is not None)
+    rig.nfc.present(VISA)
+    await until(lambda: rig.phase("TR8") is Phase.APPROVED)
+    assert rig.gateway.seen_pans == ["4761739001010010"]
+
+
+@pytest.mark.parametrize("failure", ["timeout", "500", "garbage"])
+async def test_unknown_outcome_resolved_by_detail_never_paid_twice(
+    tmp_path: Path, failure: str
+) -> None:
+    gw = SimGateway(fail_next=[failure], charge_then_fail=True)
+    r = await _make(tmp_path / "j.db", gw)
+    try:
+        await r.engine.handle_push(push_order("TR9"))
+        await until(lambda: r.nfc.armed is not None)
+        r.nfc.present(VISA)
+        await until(lambda: r.phase("TR9") is Phase.APPROVED)
+        assert gw.charges == ["TR9"]
+        assert gw.calls.count(m.Method.BANKCARD_CREATE) == 1
+        assert m.Method.TRANS_DETAIL in gw.calls
+    finally:
+        await r.engine.stop()
+        r.journal.close()
+
+
+async def test_gateway_down_resolved_by_reverse(tmp_path: Path) -> None:
+    gw = SimGateway(fail_next=["timeout", "detail-timeout"], charge_then_fail=True)
+    r = await _make(tmp_path / "j.db", gw, resolve_deadline=0.0)
+    try:
+        await r.engine.handle_push(push_order("TR10"))
+        await until(lambda: r.nfc.armed is not None)
+        r.nfc.present(VISA)
+        await until(lambda: r.phase("TR10") is Phase.CANCELLED)
+        assert gw.charges == []  # reversed
+        assert m.Method.TRANS_REVERSE in gw.calls
+        assert gw.calls.count(m.Method.BANKCARD_CREATE) == 1
+        attempts = r.journal.attempts("TR10")
+        assert attempts[0].reverse_acked_at is not None
+    finally:
+        await r.engine.stop()
+        r.journal.close()
+
+
+async def test_restart_with_unanswered_attempt_resolves_before_taking_pushes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.db"
+    gw = SimGateway()
+    # A previous life journaled the push and the attempt, then died.
+    j = Journal(path)
+    await _seed_attempt(j, gw, "TR11", charged=True)
+    j.close()
+    r = await _make(path, gw)
+    try:
+        assert r.phase("TR11") is Phase.APPROVED  # settled during recover()
+        assert gw.calls == [m.Method.TRANS_DETAIL]
+        assert gw.charges == ["TR11"]
+        await until(lambda: "paid" in r.sink.kinds("TR11"))
+    finally:
+        await r.engine.stop()
+        r.journal.close()
+
+
+async def test_restart_with_uncharged_attempt_reverses(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    gw = SimGateway()
+    j = Journal(path)
+    await _seed_attempt(j, gw, "TR12", charged=False)
+    j.close()
+    r = await _make(path, gw, resolve_deadline=0.05)
+    try:
+        assert r.phase("TR12") is Phase.CANCELLED
+        assert gw.charges == []
+        assert m.Method.BANKCARD_CREATE not in gw.calls
+    finally:
+        await r.engine.stop()
+        r.journal.close()
+
+
+async def test_restart_reoffers_unpaid_order(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    r = await _make(path, SimGateway())
+    await r.engine.handle_push(push_order("TR13"))
+    await until(lambda: r.nfc.armed is not None)
+    await r.engine.stop()
+    r.journal.close()
+    r2 = await _make(path, r.gateway)
+    try:
+        await until(lambda: r2.nfc.armed is not None)
+        assert r2.engine.current is not None
+        assert r2.engine.current.tx.trans_no == "TR13"
+    finally:
+        await r2.engine.stop()
+        r2.journal.close()
+
+
+async def test_events_wait_for_the_link(rig: Rig) -> None:
+    rig.sink.up = False
+    await rig.engine.handle_push(push_order("TR14"))
+    await until(lambda: rig.nfc.armed is not None)
+    rig.nfc.present(VISA)
+    await until(lambda: rig.phase("TR14") is Phase.APPROVED)
+    assert rig.sink.events == []
+    rig.sink.up = True
+    await until(lambda: "paid" in rig.sink.kinds("TR14"))
+
+
+async def _seed_attempt(j: Journal, gw: SimGateway, trans_no: str, *, charged: bool) -> None:
+    push, biz = envelope.open_push(push_order(trans_no), GW_PUBLIC, SN)
+    assert isinstance(biz, m.PushOrder)
+    fields = {
+        "trans_no": biz.trans_no,
+        "merchant_no": biz.merchant_no,
+        "merchant_order_no": biz.merchant_order_no,
+        "trans_type": 1,
+        "orig_trans_no": None,
+        "currency": "QAR",
+        "amount": biz.order_amount,
+        "tip_amount": None,
+        "description": None,
+        "pay_scenario": None,
+        "confirm": 0,
+        "expires_at": biz.expires_at,
+        "queue_mode": "FIFO",
+    }
+    assert j.record_order(push.message_id, fields)
+    j.new_attempt(trans_no, f"{SN}-{trans_no}-1", "card")
+    if charged:
+        gw.charges.append(trans_no)
+        gw.status[trans_no] = m.TransStatus.COMPLETED
