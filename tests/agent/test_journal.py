@@ -1,0 +1,178 @@
+"""The journal: durability settings, dedupe, no regress, pruning, no card data."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.journal import FINAL_PHASES, Journal, JournalError, Phase
+
+
+def _order(trans_no: str = "TR1", **over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "trans_no": trans_no,
+        "merchant_no": "M0001",
+        "merchant_order_no": "1234567890123456",  # long digit order numbers are legitimate
+        "trans_type": 1,
+        "orig_trans_no": None,
+        "currency": "QAR",
+        "amount": Decimal("12.50"),
+        "tip_amount": Decimal("1.00"),
+        "description": "coffee",
+        "pay_scenario": None,
+        "confirm": 0,
+        "expires_at": 1,
+        "queue_mode": "FIFO",
+    }
+    base.update(over)
+    return base
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path / "j.db")
+    yield j
+    j.close()
+
+
+def test_durability_pragmas(journal: Journal) -> None:
+    db = sqlite3.connect(journal.path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert journal.schema_version == 1
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(JournalError, match="newer than this agent"):
+        Journal(path)
+
+
+def test_order_recorded_once_and_amounts_exact(journal: Journal) -> None:
+    assert journal.record_order("m1", _order())
+    assert not journal.record_order("m1", _order())
+    assert not journal.record_order("m2", _order())  # same trans_no, new message
+    assert journal.seen_push("m1")
+    assert journal.seen_push("m2")
+    row = journal.get("TR1")
+    assert row is not None
+    assert row.amount == Decimal("12.50")
+    assert row.trans_amount == Decimal("13.50")
+    assert row.phase is Phase.OFFERED
+
+
+def test_final_never_regresses(journal: Journal) -> None:
+    journal.record_order("m1", _order())
+    assert journal.finish("TR1", Phase.APPROVED, auth_code="123456")
+    assert not journal.finish("TR1", Phase.CANCELLED)
+    with pytest.raises(ValueError, match="final"):
+        journal.set_phase("TR1", Phase.APPROVED)
+    journal.set_phase("TR1", Phase.AWAITING_PAYMENT)  # ignored for a final row
+    row = journal.get("TR1")
+    assert row is not None
+    assert row.phase is Phase.APPROVED
+    assert row.final
+
+
+def test_card_data_refused(journal: Journal) -> None:
+    journal.record_order("m1", _order())
+    with pytest.raises(JournalError, match="card data"):
+        journal.set_phase("TR1", Phase.AUTHORIZING, masked_pan="4761739001010010")
+    with pytest.raises(JournalError, match="card data"):
+        journal.finish("TR1", Phase.DECLINED, reason="card 4761739001010010 declined")
+    journal.set_phase("TR1", Phase.AUTHORIZING, masked_pan="476173******0010")
+
+
+def test_attempt_and_reverse_bookkeeping(journal: Journal) -> None:
+    journal.record_order("m1", _order())
+    journal.new_attempt("TR1", "T-TR1-1", "card")
+    with pytest.raises(JournalError):
+        journal.new_attempt("TR1", "T-TR1-1", "card")  # a request_no is used once
+    journal.reverse_requested("T-TR1-1")
+    journal.reverse_acked("T-TR1-1")
+    (attempt,) = journal.attempts("TR1")
+    assert attempt.reverse_requested_at is not None
+    assert attempt.reverse_acked_at is not None
+    row = journal.get("TR1")
+    assert row is not None
+    assert row.phase is Phase.AUTHORIZING
+
+
+def test_outbox_and_hops(journal: Journal) -> None:
+    journal.record_order("m1", _order())
+    journal.hop("TR1", "push_received", 10)
+    journal.hop("TR1", "journaled", 12)
+    journal.hop("TR1", "journaled", 99)  # first time wins
+    assert journal.hops("TR1") == {"push_received": 10, "journaled": 12}
+    first = journal.enqueue_event("received", "m1", "TR1")
+    journal.enqueue_event("paid", "m1", "TR1")
+    assert [e.kind for e in journal.pending_events()] == ["received", "paid"]
+    journal.event_sent(first)
+    assert [e.kind for e in journal.pending_events()] == ["paid"]
+
+
+def test_prune_keeps_open_transactions(journal: Journal) -> None:
+    journal.record_order("m1", _order("OLD"))
+    journal.record_order("m2", _order("OPEN"))
+    journal.finish("OLD", Phase.APPROVED)
+    now = 10**13
+    assert journal.prune(keep_days=1, now_ms=now) == 1
+    assert journal.get("OLD") is None
+    assert journal.get("OPEN") is not None
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = Journal(path)
+    j.record_order("m1", _order())
+    j.new_attempt("TR1", "T-TR1-1", "card")
+    j.close()
+    j2 = Journal(path)
+    try:
+        assert [t.trans_no for t in j2.open_transactions()] == ["TR1"]
+        assert j2.attempts("TR1")[0].request_no == "T-TR1-1"
+    finally:
+        j2.close()
+
+
+phases = st.sampled_from(list(Phase))
+
+
+@given(st.lists(phases, min_size=1, max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_property_first_final_wins(
+    tmp_path_factory: pytest.TempPathFactory, seq: list[Phase]
+) -> None:
+    """Any shuffled, duplicated stream of phase updates ends in the first final one."""
+    j = Journal(tmp_path_factory.mktemp("p") / "j.db")
+    try:
+        j.record_order("m1", _order())
+        first_final = next((p for p in seq if p in FINAL_PHASES), None)
+        for phase in seq:
+            if phase.is_final:
+                j.finish("TR1", phase)
+            else:
+                j.set_phase("TR1", phase)
+        row = j.get("TR1")
+        assert row is not None
+        if first_final is None:
+            assert not row.final
+        else:
+            assert row.final
+            assert row.phase is first_final
+    finally:
+        j.close()
