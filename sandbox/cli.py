@@ -1,0 +1,282 @@
+"""``sadad-sandbox``: the local SadadSystem + SadadTMS (PROTOCOL.md parts A-D).
+
+``sadad-sandbox serve --data DIR [--host 127.0.0.1] [--port N] [--mqtt URL |
+--start-broker] [--time-scale F] [--hang-seconds S]`` prepares DIR (keys,
+merchant ``M0001`` with POS app ``pos-sandbox``, ``DIR/pos.toml``), binds the
+HTTP port, starts the app under uvicorn on one asyncio loop and then prints
+exactly one JSON line to stdout::
+
+    {"http_url": ..., "mqtt_url": "mqtt://127.0.0.1:PORT", "data": DIR,
+     "pos_config": DIR/pos.toml}
+
+Logs go to stderr. SIGTERM / SIGINT stop it cleanly, and the broker it
+started. ``--port 0`` picks a free port; without ``--port`` the last serve's
+port is reused when free. Without ``--mqtt`` it starts its own Mosquitto
+(``--start-broker``), on the last serve's broker port when free.
+
+``sadad-sandbox provision --data DIR --terminal SN [--reader NAME=SPEC ...]
+[--store-name TEXT]`` registers a terminal and writes
+``DIR/terminals/SN/agent.toml``; it prints one JSON line
+``{"terminal": SN, "agent_config": PATH}``.
+
+Exit status: 0 on a clean stop, 2 for bad arguments or a broker that cannot
+start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from hashlib import sha1
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from sandbox.broker import BrokerError, MosquittoBroker, port_is_free
+from sandbox.keys import DEFAULT_STORE_NAME, Layout
+from sandbox.provision import (
+    STATE_BROKER_PORT,
+    STATE_HTTP_PORT,
+    STATE_HTTP_URL,
+    STATE_MQTT_URL,
+    ProvisionError,
+    parse_readers,
+    prepare,
+    provision_terminal,
+    write_pos_config,
+)
+from sandbox.store import Store
+
+if TYPE_CHECKING:
+    import uvicorn
+
+log = logging.getLogger("sandbox")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sadad-sandbox",
+        description="Local stand-in for SadadSystem (payment gateway) and SadadTMS (MQTT pushes).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway and the TMS on loopback")
+    serve.add_argument("--data", required=True, type=Path, help="data directory (created)")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=None, help="HTTP port; 0 = a free port (default: last one)"
+    )
+    mq = serve.add_mutually_exclusive_group()
+    mq.add_argument("--mqtt", metavar="URL", help="use this broker, e.g. mqtt://127.0.0.1:1883")
+    mq.add_argument(
+        "--start-broker",
+        action="store_true",
+        help="start a Mosquitto under DIR/mosquitto (the default without --mqtt)",
+    )
+    serve.add_argument(
+        "--time-scale",
+        type=_positive,
+        default=1.0,
+        help="multiply the notification retry waits and acquirer delays (e.g. 0.01 in tests)",
+    )
+    serve.add_argument(
+        "--hang-seconds",
+        type=_positive,
+        default=40.0,
+        help="how long a .91 amount keeps the create waiting, before scaling (default 40)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    prov = sub.add_parser("provision", help="register a terminal and write its agent.toml")
+    prov.add_argument("--data", required=True, type=Path, help="data directory")
+    prov.add_argument("--terminal", required=True, metavar="SN", help="terminal serial number")
+    prov.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="a reader line for agent.toml, e.g. nfc=pn532:/dev/ttyUSB0 (repeatable)",
+    )
+    prov.add_argument("--store-name", default=DEFAULT_STORE_NAME, help="shown on the terminal")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the notifier logs its own lines
+    if args.command == "provision":
+        return _provision(args)
+    return _serve(args)
+
+
+def _provision(args: argparse.Namespace) -> int:
+    try:
+        readers = parse_readers(args.reader)
+        done = provision_terminal(
+            Layout.of(args.data), args.terminal, readers=readers, store_name=args.store_name
+        )
+    except ProvisionError as exc:
+        print(f"sadad-sandbox provision: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"terminal": done.sn, "agent_config": str(done.agent_config)}), flush=True)
+    return 0
+
+
+def _bind(host: str, port: int | None, last: str | None) -> socket.socket:
+    if port is None:
+        port = int(last) if last and last.isdigit() and port_is_free(int(last), host) else 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class _Stop:
+    """What the signal handlers set: stop asked for, and the server to tell."""
+
+    requested: bool = False
+    server: uvicorn.Server | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # SIGTERM / SIGINT only ask to stop, from the first moment, so a broker this
+    # process started is always stopped again. uvicorn installs its own handlers
+    # while it serves, then restores these and raises the signal again.
+    stop = _Stop()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve_until_stopped(args, stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
+    # The server's imports are here so that `provision` starts fast.
+    import uvicorn
+
+    from sandbox.app import build_app
+    from sandbox.gateway import Gateway, Settings
+    from sandbox.tms import parse_mqtt_url
+
+    layout = Layout.of(args.data)
+    keys = prepare(layout)
+    store = Store(layout.db_path)
+    broker: MosquittoBroker | None = None
+    sock: socket.socket | None = None
+    try:
+        if args.mqtt:
+            try:
+                parse_mqtt_url(args.mqtt)
+            except ValueError as exc:
+                print(f"sadad-sandbox serve: {exc}", file=sys.stderr)
+                return 2
+            mqtt_url = args.mqtt
+        else:
+            last = store.get_state(STATE_BROKER_PORT)
+            port = int(last) if last and last.isdigit() and port_is_free(int(last)) else None
+            broker = MosquittoBroker(layout.mosquitto_dir, port)
+            try:
+                broker.start()
+            except BrokerError as exc:
+                print(f"sadad-sandbox serve: {exc}", file=sys.stderr)
+                return 2
+            store.set_state(STATE_BROKER_PORT, str(broker.port))
+            mqtt_url = broker.url
+        try:
+            sock = _bind(args.host, args.port, store.get_state(STATE_HTTP_PORT))
+        except OSError as exc:
+            print(
+                f"sadad-sandbox serve: cannot listen on {args.host}:{args.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        port = int(sock.getsockname()[1])
+        http_url = f"http://{args.host}:{port}"
+        write_pos_config(layout, http_url)
+        store.set_state(STATE_HTTP_URL, http_url)
+        store.set_state(STATE_HTTP_PORT, str(port))
+        store.set_state(STATE_MQTT_URL, mqtt_url)
+
+        settings = Settings(
+            layout=layout,
+            mqtt_url=mqtt_url,
+            time_scale=args.time_scale,
+            hang_seconds=args.hang_seconds,
+            http_url=http_url,
+            tms_client_id="sadad-tms-" + sha1(str(layout.root).encode()).hexdigest()[:12],  # noqa: S324
+        )
+        gw = Gateway(settings, keys, store)
+        config = uvicorn.Config(
+            build_app(gw),
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        stop.server = server
+        if stop.requested:
+            return 0
+        announce = {
+            "http_url": http_url,
+            "mqtt_url": mqtt_url,
+            "data": str(layout.root),
+            "pos_config": str(layout.pos_config),
+        }
+        asyncio.run(_run(server, sock, announce))
+        log.info("sandbox stopped")
+        return 0
+    finally:
+        if sock is not None:
+            sock.close()
+        store.close()
+        if broker is not None:
+            broker.stop()
+
+
+async def _run(server: uvicorn.Server, sock: socket.socket, announce: dict[str, str]) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            await task  # startup failed: raise its error
+            return
+        await asyncio.sleep(0.01)
+    print(json.dumps(announce), flush=True)
+    log.info("sandbox ready: %s", announce)
+    await task
+
+
+if __name__ == "__main__":
+    sys.exit(main())

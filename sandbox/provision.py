@@ -1,0 +1,227 @@
+"""Preparing a sandbox data directory and provisioning terminals.
+
+``prepare`` makes a data directory usable (keys, the sandbox merchant
+``M0001`` with its POS app ``pos-sandbox``, the database); ``write_pos_config``
+writes ``DIR/pos.toml`` for ``sadad-pos``; ``provision_terminal`` gives a
+terminal its key pair (PROTOCOL.md "Common envelope": "each terminal has its
+own key pair, public half registered with the gateway"), registers it with
+``app_id`` = its SN, copies the gateway public key beside it and writes
+``DIR/terminals/SN/agent.toml`` for ``sadad-agent``.
+
+Provisioning works whether or not ``serve`` runs: a running sandbox reads
+terminals from SQLite per request. The MQTT and gateway URLs come from the
+last ``serve`` (recorded in the database); before any ``serve`` they are the
+defaults below and the file says so.
+
+Raises ``ProvisionError`` for a bad SN or reader spec.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomlkit
+
+from sandbox.keys import (
+    DEFAULT_CURRENCY,
+    DEFAULT_STORE_NAME,
+    MERCHANT_NAME,
+    MERCHANT_NO,
+    POS_APP_ID,
+    Layout,
+    SandboxKeys,
+    ensure_keys,
+    ensure_pair,
+)
+from sandbox.store import Store
+
+STATE_HTTP_URL = "http_url"
+STATE_MQTT_URL = "mqtt_url"
+STATE_HTTP_PORT = "http_port"
+STATE_BROKER_PORT = "broker_port"
+DEFAULT_HTTP_URL = "http://127.0.0.1:8080"
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+MQTT_KEEPALIVE = 30
+
+_SN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_READER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class ProvisionError(ValueError):
+    """Bad provisioning input (SN, reader spec)."""
+
+
+def prepare(layout: Layout) -> SandboxKeys:
+    """Create what a data directory needs; idempotent. Returns the keys."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    keys = ensure_keys(layout)
+    with Store(layout.db_path) as store:
+        store.ensure_merchant(MERCHANT_NO, POS_APP_ID, keys.pos_public, MERCHANT_NAME)
+    return keys
+
+
+def write_pos_config(layout: Layout, gateway_url: str) -> Path:
+    """Write ``DIR/pos.toml``; an existing file keeps everything but ``gateway_url``."""
+    path = layout.pos_config
+    if path.exists():
+        doc = tomlkit.parse(path.read_text("utf-8"))
+        doc["gateway_url"] = gateway_url
+    else:
+        doc = tomlkit.document()
+        doc.add(tomlkit.comment("sadad-pos configuration for the local sandbox."))
+        doc.add(tomlkit.comment("Written by sadad-sandbox serve, which updates gateway_url on"))
+        doc.add(tomlkit.comment("every start; edits to the other lines are kept."))
+        doc.add("gateway_url", gateway_url)
+        doc.add("app_id", POS_APP_ID)
+        doc.add("merchant_no", MERCHANT_NO)
+        doc.add(
+            "private_key_file",
+            tomlkit.item("keys/pos_private.pem").comment(
+                "relative paths are relative to this file"
+            ),
+        )
+        doc.add("gateway_public_key_file", "keys/gateway_public.pem")
+        doc.add("default_currency", DEFAULT_CURRENCY)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomlkit.dumps(doc), "utf-8")
+    tmp.replace(path)
+    return path
+
+
+def parse_readers(specs: list[str]) -> dict[str, str]:
+    """``NAME=SPEC`` strings as a dict. Raises ProvisionError."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        name = name.strip()
+        if not sep or not _READER_NAME.fullmatch(name) or not value.strip():
+            raise ProvisionError(
+                f"--reader must be NAME=SPEC (e.g. nfc=pn532:/dev/ttyUSB0): {spec!r}"
+            )
+        out[name] = value.strip()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    sn: str
+    agent_config: Path
+    private_key: Path
+    public_key: Path
+    gateway_public_key: Path
+
+
+def provision_terminal(
+    layout: Layout,
+    sn: str,
+    *,
+    readers: Mapping[str, str] | None = None,
+    store_name: str = DEFAULT_STORE_NAME,
+) -> Provisioned:
+    """Create (or refresh) terminal ``sn``: keys kept if present, agent.toml rewritten."""
+    if not _SN.fullmatch(sn):
+        raise ProvisionError("terminal SN must be 1-32 of letters, digits, _ and -")
+    for name in readers or {}:
+        if not _READER_NAME.fullmatch(name):
+            raise ProvisionError(f"reader name {name!r} must be letters, digits, _ and -")
+    prepare(layout)
+    tdir = layout.terminal_dir(sn)
+    tdir.mkdir(parents=True, exist_ok=True)
+    private = tdir / "terminal_private.pem"
+    public = tdir / "terminal_public.pem"
+    _, public_pem = ensure_pair(private, public)
+    gateway_public = tdir / "gateway_public.pem"
+    shutil.copyfile(layout.gateway_public, gateway_public)
+    with Store(layout.db_path) as store:
+        store.add_terminal(sn, MERCHANT_NO, public_pem, store_name)
+        http_url = store.get_state(STATE_HTTP_URL)
+        mqtt_url = store.get_state(STATE_MQTT_URL)
+    config = tdir / "agent.toml"
+    text = agent_toml(
+        sn=sn,
+        store_name=store_name,
+        private_key=private,
+        gateway_public_key=gateway_public,
+        mqtt_url=mqtt_url,
+        http_url=http_url,
+        journal=tdir / "journal.db",
+        socket=tdir / "agent.sock",
+        readers=dict(readers or {}),
+    )
+    tmp = config.with_suffix(".toml.tmp")
+    tmp.write_text(text, "utf-8")
+    tmp.replace(config)
+    return Provisioned(sn, config, private, public, gateway_public)
+
+
+def agent_toml(
+    *,
+    sn: str,
+    store_name: str,
+    private_key: Path,
+    gateway_public_key: Path,
+    mqtt_url: str | None,
+    http_url: str | None,
+    journal: Path,
+    socket: Path,
+    readers: dict[str, str],
+) -> str:
+    """The text of a terminal's ``agent.toml`` (comments included)."""
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"sadad-agent configuration for terminal {sn}."))
+    doc.add(tomlkit.comment("Written by sadad-sandbox provision; running it again rewrites this"))
+    doc.add(tomlkit.comment("file and keeps the terminal's keys."))
+    if mqtt_url is None or http_url is None:
+        doc.add(tomlkit.comment("sadad-sandbox serve has not run on this data directory yet: the"))
+        doc.add(tomlkit.comment("URLs below are defaults; provision again after the first serve."))
+    doc.add(tomlkit.nl())
+
+    terminal = tomlkit.table()
+    terminal.add("sn", sn)
+    terminal.add("app_id", tomlkit.item(sn).comment("the gateway knows a terminal by its SN"))
+    terminal.add("store_name", store_name)
+    terminal.add(
+        "private_key_file",
+        tomlkit.item(str(private_key)).comment("signs cashier calls and events"),
+    )
+    doc.add("terminal", terminal)
+
+    mqtt = tomlkit.table()
+    mqtt.add(
+        "url",
+        tomlkit.item(mqtt_url or DEFAULT_MQTT_URL).comment(
+            "broker of the last sadad-sandbox serve"
+        ),
+    )
+    mqtt.add("keepalive", tomlkit.item(MQTT_KEEPALIVE).comment("seconds"))
+    doc.add("mqtt", mqtt)
+
+    gateway = tomlkit.table()
+    gateway.add(
+        "url", tomlkit.item(http_url or DEFAULT_HTTP_URL).comment("SadadSystem (the sandbox)")
+    )
+    gateway.add(
+        "public_key_file",
+        tomlkit.item(str(gateway_public_key)).comment("verifies pushes and answers"),
+    )
+    doc.add("gateway", gateway)
+
+    journal_t = tomlkit.table()
+    journal_t.add("path", str(journal))
+    doc.add("journal", journal_t)
+
+    ui = tomlkit.table()
+    ui.add("socket", tomlkit.item(str(socket)).comment("the checkout screen connects here"))
+    doc.add("ui", ui)
+
+    readers_t = tomlkit.table()
+    if not readers:
+        readers_t.add(tomlkit.comment('none configured; e.g. nfc = "pn532:/dev/ttyUSB0"'))
+    for name, spec in readers.items():
+        readers_t.add(name, spec)
+    doc.add("readers", readers_t)
+    return tomlkit.dumps(doc)
