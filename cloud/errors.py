@@ -8,6 +8,11 @@ or answering nonsense (``CloudUnavailable``: retry what is safe to retry).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # messages imports this module; the type is only for annotations
+    from cloud.messages import OrderInfo
+
 
 class SadadError(Exception):
     """Base of every error this package raises."""
@@ -44,3 +49,39 @@ class CloudRejected(SadadError):
 class CloudUnavailable(SadadError):
     """The gateway could not be reached, timed out, or answered something that is
     not a valid signed response. The outcome of a non-idempotent call is unknown."""
+
+
+class ConfigError(SadadError):
+    """A configuration file is missing, unreadable or holds a wrong value.
+
+    The message names the ``path``, the ``key`` (None for the file as a
+    whole), what is wrong and, when it helps, what is ``allowed``.
+    """
+
+    def __init__(
+        self, path: str, key: str | None, problem: str, allowed: str | None = None
+    ) -> None:
+        where = path if key is None else f"{path}: {key}"
+        text = f"{where}: {problem}"
+        if allowed:
+            text += f" (allowed: {allowed})"
+        super().__init__(text)
+        self.path = path
+        self.key = key
+        self.problem = problem
+        self.allowed = allowed
+
+
+class WaitTimeout(SadadError):
+    """An order did not reach a final status before the caller's deadline.
+
+    ``last`` is the last ``OrderInfo`` seen for it (None when no query
+    succeeded). The order may still complete: keep polling or close it.
+    """
+
+    def __init__(self, merchant_order_no: str, waited_s: float, last: OrderInfo | None) -> None:
+        status = "nothing seen" if last is None else f"last status {last.trans_status.name}"
+        super().__init__(f"order {merchant_order_no} not final after {waited_s:g} s ({status})")
+        self.merchant_order_no = merchant_order_no
+        self.waited_s = waited_s
+        self.last = last

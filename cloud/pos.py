@@ -1,0 +1,591 @@
+"""The POS-server module: push, query, close, wait, verify notifications.
+
+PROTOCOL.md part A (``wisehub.cloud.pay.order``, ``wisehub.cloud.pay.close``,
+``order.query`` on ``POST {gateway}/api/entry``) and part B (result
+notifications). Signing, envelopes and message checks are ``cloud.envelope``
+and ``cloud.messages``; this module adds the transport, the retry policy and
+the per-order state that makes notifications and polling agree.
+
+Errors (``cloud.errors``):
+
+- ``CloudRejected``: the gateway gave a valid, signed failure answer. Final
+  for that request; never retried.
+- ``CloudUnavailable``: network error, timeout, HTTP 5xx, or an answer that
+  is not JSON, not signed, or badly signed. The outcome is unknown.
+- ``ContractError``: what the caller passed is not a valid message
+  (``SignatureError``, a subclass, for a bad notification).
+- ``WaitTimeout``: ``wait_for_final`` reached its deadline.
+
+Retries (only what is safe): ``order.query`` (bounded, with backoff), and
+``wisehub.cloud.pay.order`` with the very same body - the gateway answers a
+repeat of a ``merchant_order_no`` with the same fields with its first answer.
+``wisehub.cloud.pay.close`` is never retried.
+
+Per-order state: every ``OrderInfo`` seen (query answers and verified
+notifications) updates the order's state. The first final status (1, 2, 3)
+is kept for good: a later non-final or different final status never
+replaces it (a different final one is logged as an error). A verified
+notification that makes an order final wakes ``wait_for_final`` at once.
+
+``AsyncPosClient`` is the implementation; ``PosClient`` is the same API for
+synchronous code, running an ``AsyncPosClient`` on a private event loop in a
+background thread (so a web framework's worker thread can call
+``accept_notification`` while another thread waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+import msgspec
+
+from cloud import envelope
+from cloud.backoff import POLL, RETRY, Backoff, Clock, SystemClock
+from cloud.config import PosConfig
+from cloud.errors import CloudRejected, CloudUnavailable, ContractError, WaitTimeout
+from cloud.messages import (
+    CloseOrder,
+    CloseOrderResult,
+    Method,
+    Notification,
+    OrderInfo,
+    OrderQuery,
+    PayOrder,
+    PayOrderResult,
+    decode,
+)
+
+__all__ = ["AsyncPosClient", "PosClient"]
+
+log = logging.getLogger("cloud.pos")
+
+T = TypeVar("T", bound=msgspec.Struct)
+R = TypeVar("R")
+
+CREATE_ATTEMPTS = 3
+QUERY_ATTEMPTS = 3
+_MAX_TRACKED = 10_000  # orders and notification keys remembered (oldest dropped first)
+
+UpdateHook = Callable[[OrderInfo], None]
+
+
+@dataclass(slots=True)
+class _OrderState:
+    last: OrderInfo | None = None
+    final: OrderInfo | None = None
+    terminal_sn: str | None = None
+    trans_no: str | None = None
+    final_event: asyncio.Event = field(default_factory=asyncio.Event)
+    hooks: list[UpdateHook] = field(default_factory=list)
+
+
+class AsyncPosClient:
+    """The POS side of the Open API, for asyncio code.
+
+    ``http``: an ``httpx.AsyncClient`` to use (not closed by ``aclose``);
+    by default one is made with ``config.timeout`` (and ``transport``, if
+    given: an ``httpx.AsyncBaseTransport`` such as a MockTransport). ``poll`` and ``retry``
+    are the backoff schedules, ``rng`` their jitter source, ``clock`` the
+    time source and sleep (tests inject fakes).
+    """
+
+    def __init__(
+        self,
+        config: PosConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        poll: Backoff = POLL,
+        retry: Backoff = RETRY,
+        rng: random.Random | None = None,
+        clock: Clock | None = None,
+        create_attempts: int = CREATE_ATTEMPTS,
+        query_attempts: int = QUERY_ATTEMPTS,
+    ) -> None:
+        if create_attempts < 1 or query_attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.config = config
+        self._own_http = http is None
+        if http is not None and transport is not None:
+            raise TypeError("pass http or transport, not both")
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(config.timeout), transport=transport
+        )
+        self._poll = poll
+        self._retry = retry
+        self._rng = rng or random.Random()  # jitter only, not security
+        self._clock: Clock = clock or SystemClock()
+        self._create_attempts = create_attempts
+        self._query_attempts = query_attempts
+        self._orders: OrderedDict[str, _OrderState] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object made it."""
+        if self._own_http:
+            await self._http.aclose()
+
+    # ------------------------------------------------------------ transport
+
+    async def _send(self, method: Method, body: bytes, type_: type[T]) -> T:
+        """One POST. Raises CloudRejected, CloudUnavailable."""
+        try:
+            response = await self._http.post(
+                self.config.entry_url,
+                content=body,
+                headers={"Content-Type": "application/json; charset=UTF-8"},
+            )
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"{method}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        if response.status_code >= 500:
+            raise CloudUnavailable(f"{method}: HTTP {response.status_code} from the gateway")
+        try:
+            return envelope.open_response(response.content, self.config.verify_key, type_)
+        except CloudRejected:
+            raise
+        except ContractError as exc:  # includes SignatureError
+            raise CloudUnavailable(
+                f"{method}: HTTP {response.status_code}, not a valid signed answer: {exc}"
+            ) from exc
+
+    def _body(self, method: Method, biz: msgspec.Struct) -> bytes:
+        request = envelope.build_request(
+            method, biz, app_id=self.config.app_id, private_key=self.config.signing_key
+        )
+        return envelope.encode(request)
+
+    async def _with_retries(self, attempts: int, call: Callable[[], Awaitable[R]], what: str) -> R:
+        """Run ``call`` until it does not raise CloudUnavailable, at most ``attempts`` times."""
+        delays = self._retry.delays(self._rng)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except CloudUnavailable as exc:
+                if attempt == attempts:
+                    raise
+                delay = next(delays)
+                log.warning(
+                    "%s failed (%s); retry %d/%d in %.1f s", what, exc, attempt, attempts - 1, delay
+                )
+                await self._clock.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------ order state
+
+    def _state(self, merchant_order_no: str) -> _OrderState:
+        state = self._orders.get(merchant_order_no)
+        if state is None:
+            state = self._orders[merchant_order_no] = _OrderState()
+            while len(self._orders) > _MAX_TRACKED:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(merchant_order_no)
+        return state
+
+    def _observe(self, info: OrderInfo, source: str) -> None:
+        """Record what we saw of an order; the first final status sticks."""
+        state = self._state(info.merchant_order_no)
+        state.terminal_sn = state.terminal_sn or info.terminal_sn
+        state.trans_no = state.trans_no or info.trans_no
+        final = state.final
+        if final is not None:
+            if info.trans_status.is_final and info.trans_status != final.trans_status:
+                log.error(
+                    "CONFLICT: order %s (trans_no %s) is final %s, but %s now says %s; "
+                    "keeping %s - check it with the gateway",
+                    info.merchant_order_no,
+                    info.trans_no,
+                    final.trans_status.name,
+                    source,
+                    info.trans_status.name,
+                    final.trans_status.name,
+                )
+            elif not info.trans_status.is_final:
+                log.debug(
+                    "order %s: ignoring %s %s after final %s",
+                    info.merchant_order_no,
+                    source,
+                    info.trans_status.name,
+                    final.trans_status.name,
+                )
+            return
+        state.last = info
+        if info.trans_status.is_final:
+            state.final = info
+            state.final_event.set()
+            log.info(
+                "order %s final: %s (from %s)",
+                info.merchant_order_no,
+                info.trans_status.name,
+                source,
+            )
+        for hook in list(state.hooks):
+            try:
+                hook(info)
+            except Exception:
+                log.exception("order update hook failed")
+
+    def known_order(self, merchant_order_no: str) -> OrderInfo | None:
+        """The state this client holds for an order: its first final status
+        if it has one, else the latest status seen, else None."""
+        state = self._orders.get(merchant_order_no)
+        if state is None:
+            return None
+        return state.final or state.last
+
+    # ------------------------------------------------------------ part A
+
+    async def push_order(self, order: PayOrder | None = None, /, **fields: Any) -> PayOrderResult:
+        """Create an order and push it to its terminal (``wisehub.cloud.pay.order``).
+
+        Pass a ``PayOrder`` or its fields; missing ``merchant_no``,
+        ``price_currency``, ``notify_url`` and ``store_no`` come from the
+        config. A network failure is retried with the same body (same
+        ``merchant_order_no``): the gateway answers a repeat with its first
+        answer. Raises ContractError (bad fields), CloudRejected,
+        CloudUnavailable (after the retries: outcome unknown - query, or
+        push again with the same order).
+        """
+        if order is None:
+            defaults: dict[str, Any] = {
+                "merchant_no": self.config.merchant_no,
+                "price_currency": self.config.default_currency,
+                "notify_url": self.config.notify_url,
+                "store_no": self.config.store_no,
+            }
+            merged = {k: v for k, v in defaults.items() if v is not None}
+            merged.update({k: v for k, v in fields.items() if v is not None})
+            order = decode(merged, PayOrder)
+        elif fields:
+            raise TypeError("pass a PayOrder or its fields, not both")
+        body = self._body(Method.PAY_ORDER, order)
+
+        async def once() -> PayOrderResult:
+            return await self._send(Method.PAY_ORDER, body, PayOrderResult)
+
+        result = await self._with_retries(
+            self._create_attempts, once, f"create {order.merchant_order_no}"
+        )
+        state = self._state(order.merchant_order_no)
+        state.terminal_sn = order.terminal_sn
+        state.trans_no = result.trans_no
+        return result
+
+    async def _query_once(
+        self, merchant_order_no: str | None = None, trans_no: str | None = None
+    ) -> OrderInfo:
+        query = decode(
+            {
+                "merchant_no": self.config.merchant_no,
+                "merchant_order_no": merchant_order_no,
+                "trans_no": trans_no,
+            },
+            OrderQuery,
+        )
+        info = await self._send(
+            Method.ORDER_QUERY, self._body(Method.ORDER_QUERY, query), OrderInfo
+        )
+        self._observe(info, "order.query")
+        return info
+
+    async def query_order(
+        self, merchant_order_no: str | None = None, trans_no: str | None = None
+    ) -> OrderInfo:
+        """The order as the gateway reports it now (``order.query``).
+
+        Returns the gateway's answer as is (``known_order`` holds the sticky
+        state). Retried with backoff on CloudUnavailable, a few times.
+        Raises ContractError (neither key given), CloudRejected (e.g.
+        unknown order), CloudUnavailable.
+        """
+
+        async def once() -> OrderInfo:
+            return await self._query_once(merchant_order_no, trans_no)
+
+        return await self._with_retries(
+            self._query_attempts, once, f"query {merchant_order_no or trans_no}"
+        )
+
+    async def close_order(
+        self,
+        merchant_order_no: str,
+        description: str | None = None,
+        *,
+        terminal_sn: str | None = None,
+    ) -> CloseOrderResult:
+        """Close an order still in status 9 (``wisehub.cloud.pay.close``).
+
+        ``terminal_sn`` defaults to the order's terminal as this client knows
+        it, else it is looked up with ``order.query``. Never retried. Raises
+        CloudRejected (e.g. the order is no longer 9: void or refund it),
+        CloudUnavailable (outcome unknown: query the order), ContractError.
+        """
+        if terminal_sn is None:
+            state = self._orders.get(merchant_order_no)
+            terminal_sn = state.terminal_sn if state is not None else None
+        if terminal_sn is None:
+            terminal_sn = (await self.query_order(merchant_order_no)).terminal_sn
+        close = decode(
+            {
+                "merchant_no": self.config.merchant_no,
+                "terminal_sn": terminal_sn,
+                "merchant_order_no": merchant_order_no,
+                "description": description,
+            },
+            CloseOrder,
+        )
+        return await self._send(
+            Method.PAY_CLOSE, self._body(Method.PAY_CLOSE, close), CloseOrderResult
+        )
+
+    # ------------------------------------------------------------ waiting
+
+    async def _sleep_or_final(self, event: asyncio.Event, seconds: float) -> None:
+        """Return after ``seconds`` on the injected clock, or once ``event`` is set."""
+        if event.is_set():
+            return
+        waiter = asyncio.ensure_future(event.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+            await asyncio.gather(waiter, timer, return_exceptions=True)
+
+    async def _poll_or_final(
+        self, merchant_order_no: str, event: asyncio.Event, seconds: float
+    ) -> None:
+        """One query, abandoned when ``event`` is set or ``seconds`` pass.
+
+        Raises CloudRejected; CloudUnavailable is logged (the next poll retries).
+        """
+        query = asyncio.ensure_future(self._query_once(merchant_order_no))
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {query, waiter}, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+            if query in done:
+                try:
+                    query.result()
+                except CloudUnavailable as exc:
+                    log.warning("poll of %s failed: %s", merchant_order_no, exc)
+        finally:
+            query.cancel()
+            waiter.cancel()
+            await asyncio.gather(query, waiter, return_exceptions=True)
+
+    async def wait_for_final(
+        self,
+        merchant_order_no: str,
+        deadline_s: float,
+        *,
+        on_update: UpdateHook | None = None,
+    ) -> OrderInfo:
+        """Wait until the order is final (status 1, 2 or 3) and return it.
+
+        Returns at once when the order is already final here or when a
+        verified notification for it reaches this client
+        (``accept_notification``). Otherwise polls ``order.query`` on the
+        ``poll`` schedule (first after ~1 s, growing to ~5 s, jittered) until
+        ``deadline_s`` seconds have passed. ``on_update`` is called with each
+        new status seen. Raises WaitTimeout (carrying the last status seen),
+        CloudRejected (a query was refused, e.g. unknown order).
+        """
+        state = self._state(merchant_order_no)
+        if state.final is not None:
+            return state.final
+        event = state.final_event
+        if on_update is not None:
+            state.hooks.append(on_update)
+        try:
+            deadline = self._clock.monotonic() + deadline_s
+            delays = self._poll.delays(self._rng)
+            while state.final is None:
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(merchant_order_no, deadline_s, state.last)
+                await self._sleep_or_final(event, min(next(delays), remaining))
+                if state.final is not None:
+                    break
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(merchant_order_no, deadline_s, state.last)
+                await self._poll_or_final(merchant_order_no, event, remaining)
+            return state.final
+        finally:
+            if on_update is not None:
+                state.hooks.remove(on_update)
+
+    # ------------------------------------------------------------ part B
+
+    def verify_notification(self, body: bytes | str) -> Notification:
+        """Verify a result notification without recording it.
+
+        Raises SignatureError (missing, blank or wrong ``sign``), ContractError.
+        """
+        return envelope.verify_notification(
+            body.encode("utf-8") if isinstance(body, str) else body, self.config.verify_key
+        )
+
+    def accept_notification(self, body: bytes | str) -> tuple[Notification, bool]:
+        """Verify, deduplicate and record a result notification (part B).
+
+        For a POS server's webhook: answer 200 ``success`` when this
+        returns (new or duplicate), 400 when it raises. ``is_new`` is False
+        for a repeat of the same ``trans_no`` + ``trans_status``. Recording
+        it wakes ``wait_for_final`` for that order. Not thread-safe: call it
+        on the client's event loop (``PosClient`` does that for you).
+        Raises SignatureError, ContractError.
+        """
+        note = self.verify_notification(body)
+        key = (note.trans_no, int(note.trans_status))
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            log.info(
+                "duplicate notification %s for %s (%s)",
+                note.notify_id,
+                note.merchant_order_no,
+                note.trans_status.name,
+            )
+            return note, False
+        self._seen[key] = None
+        while len(self._seen) > _MAX_TRACKED:
+            self._seen.popitem(last=False)
+        self._observe(note, f"notification {note.notify_id}")
+        return note, True
+
+
+class PosClient:
+    """Synchronous ``AsyncPosClient``: the same methods, blocking.
+
+    Runs the async client on a private event loop in a daemon thread; every
+    call is marshalled onto it, so calls from several threads are safe.
+    Use as a context manager or call ``close()``. Each method raises what
+    its ``AsyncPosClient`` counterpart raises.
+    """
+
+    def __init__(
+        self,
+        config: PosConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        **options: Any,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="sadad-pos-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+        async def make() -> AsyncPosClient:
+            return AsyncPosClient(config, http=http, **options)
+
+        self._async = self._run(make())
+
+    @property
+    def config(self) -> PosConfig:
+        return self._async.config
+
+    def _run(self, coro: Coroutine[Any, Any, R]) -> R:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("PosClient is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client (if owned) and stop the loop thread."""
+        if self._closed:
+            return
+        self._run(self._async.aclose())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def push_order(self, order: PayOrder | None = None, /, **fields: Any) -> PayOrderResult:
+        """See ``AsyncPosClient.push_order``."""
+        return self._run(self._async.push_order(order, **fields))
+
+    def query_order(
+        self, merchant_order_no: str | None = None, trans_no: str | None = None
+    ) -> OrderInfo:
+        """See ``AsyncPosClient.query_order``."""
+        return self._run(self._async.query_order(merchant_order_no, trans_no))
+
+    def close_order(
+        self,
+        merchant_order_no: str,
+        description: str | None = None,
+        *,
+        terminal_sn: str | None = None,
+    ) -> CloseOrderResult:
+        """See ``AsyncPosClient.close_order``."""
+        return self._run(
+            self._async.close_order(merchant_order_no, description, terminal_sn=terminal_sn)
+        )
+
+    def wait_for_final(
+        self,
+        merchant_order_no: str,
+        deadline_s: float,
+        *,
+        on_update: UpdateHook | None = None,
+    ) -> OrderInfo:
+        """See ``AsyncPosClient.wait_for_final`` (``on_update`` runs on the loop thread)."""
+        return self._run(
+            self._async.wait_for_final(merchant_order_no, deadline_s, on_update=on_update)
+        )
+
+    def verify_notification(self, body: bytes | str) -> Notification:
+        """See ``AsyncPosClient.verify_notification``."""
+        return self._async.verify_notification(body)
+
+    def accept_notification(self, body: bytes | str) -> tuple[Notification, bool]:
+        """See ``AsyncPosClient.accept_notification``; safe from any thread."""
+
+        async def accept() -> tuple[Notification, bool]:
+            return self._async.accept_notification(body)
+
+        return self._run(accept())
+
+    def known_order(self, merchant_order_no: str) -> OrderInfo | None:
+        """See ``AsyncPosClient.known_order``."""
+
+        async def known() -> OrderInfo | None:
+            return self._async.known_order(merchant_order_no)
+
+        return self._run(known())
