@@ -2,6 +2,16 @@
 
 Sub-commands:
 
+* ``run [--config PATH] [--log-level L]``: the daemon (``agent.service``);
+  exit 78 on a bad config.
+* ``config check [--config PATH]``: load and validate the config and its
+  key files; exit 0 or 78 with every problem named.
+* ``status [--config PATH] [--json]``: ask the running agent (UI socket)
+  for its connection, readers, current transaction and queue.
+* ``journal [--config PATH] [--limit N] [--show TRANS_NO]``: recent
+  transactions (masked), or one payment's timeline with the gap between hops.
+* ``doctor [--config PATH]``: config, keys, clock, broker, gateway, readers:
+  one clear verdict each; exit 1 if any fails.
 * ``readers [--config PATH] [--reader NAME=SPEC ...] [--timeout S]``: the
   technician's reader check (``drivers.check``). Readers come from the
   ``[readers]`` table of the TOML config (``name = "KIND:PORT[;k=v...]"``),
@@ -17,10 +27,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+
+EXIT_CONFIG = 78
 
 __all__ = ["DEFAULT_CONFIG", "ConfigError", "load_reader_specs", "main"]
 
@@ -91,6 +109,133 @@ def _cmd_readers(args: argparse.Namespace) -> int:
     return 0 if all(row.verdict == "ok" for row in rows) else 1
 
 
+def _load(args: argparse.Namespace) -> AgentConfig:
+    from agent.config import load_config
+
+    return load_config(args.config or DEFAULT_CONFIG)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError as AgentConfigError
+    from agent.service import AgentService
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("transitions", "httpx"):  # one line per callback or request is noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = _load(args)
+        return asyncio.run(AgentService(cfg).run())
+    except AgentConfigError as exc:
+        print(f"sadad-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError as AgentConfigError
+    from agent.config import check_files
+
+    try:
+        cfg = _load(args)
+    except AgentConfigError as exc:
+        print(f"sadad-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    problems = check_files(cfg)
+    for problem in problems:
+        print(f"sadad-agent: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    print(f"{cfg.source}: ok (terminal {cfg.terminal.sn}, {len(cfg.readers)} readers)")
+    return 0
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    return str(_load(args).ui.socket)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.bridge_protocol import BridgeError
+    from agent.config import ConfigError as AgentConfigError
+    from ui.bridge_client import query_status
+
+    try:
+        data = asyncio.run(query_status(_socket_path(args), timeout=5.0))
+    except AgentConfigError as exc:
+        print(f"sadad-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (BridgeError, TimeoutError) as exc:
+        print(f"sadad-agent: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data))
+        return 0
+    print(f"terminal   {data['sn']}")
+    print(f"broker     {data['mqtt']} ({data['mqtt_reason']})")
+    print(f"gateway    {data['gateway']}")
+    print(f"screen     {data['screen']}")
+    readers = ", ".join(f"{k} {v}" for k, v in data["readers"].items()) or "none configured"
+    print(f"readers    {readers}")
+    cur = data.get("current")
+    print(
+        "current    " + (f"{cur['trans_no']} {cur['amount']} ({cur['state']})" if cur else "none")
+    )
+    print(f"queue      {len(data['queue'])} waiting")
+    return 0
+
+
+def _cmd_journal(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError as AgentConfigError
+    from agent.journal import Journal, JournalError
+
+    try:
+        cfg = _load(args)
+        journal = Journal(cfg.journal.path)
+    except (AgentConfigError, JournalError) as exc:
+        print(f"sadad-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.show:
+            row = journal.get(args.show)
+            if row is None:
+                print(f"sadad-agent: no transaction {args.show}", file=sys.stderr)
+                return 1
+            print(
+                f"{row.trans_no}  {row.merchant_order_no}  {row.trans_amount} {row.currency}  "
+                f"{row.phase.value}  {row.masked_pan or ''}  {row.reason or ''}".rstrip()
+            )
+            hops = journal.hops(row.trans_no)
+            first = prev = None
+            for name, at in sorted(hops.items(), key=lambda kv: kv[1]):
+                first = at if first is None else first
+                gap = "" if prev is None else f"+{at - prev} ms"
+                print(f"  {name:<20} {at - first:>8} ms  {gap}")
+                prev = at
+            return 0
+        rows = journal.recent(args.limit)
+        if not rows:
+            print("no transactions")
+        for row in rows:
+            print(
+                f"{row.trans_no:<20} {row.merchant_order_no:<24} "
+                f"{row.trans_amount:>10} {row.currency}  {row.phase.value:<16} "
+                f"{row.masked_pan or '':<19} {row.reason or ''}".rstrip()
+            )
+        return 0
+    finally:
+        journal.close()
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.doctor import run_doctor
+
+    return asyncio.run(run_doctor(args.config or DEFAULT_CONFIG))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sadad-agent", description="Sadad terminal agent.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -104,6 +249,33 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, help="seconds to wait for a presentation (0: probe)"
     )
     readers.set_defaults(func=_cmd_readers)
+
+    run = sub.add_parser("run", help="run the daemon (systemd: Type=notify)")
+    run.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG})")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    run.set_defaults(func=_cmd_run)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate the config and its key files")
+    check.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG})")
+    check.set_defaults(func=_cmd_config)
+
+    status = sub.add_parser("status", help="what the running agent is doing")
+    status.add_argument("--config", default=None)
+    status.add_argument("--socket", default=None, help="UI socket (default: from the config)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_status)
+
+    journal = sub.add_parser("journal", help="recent transactions, masked")
+    journal.add_argument("--config", default=None)
+    journal.add_argument("--limit", type=int, default=20)
+    journal.add_argument("--show", metavar="TRANS_NO", help="one payment's timeline")
+    journal.set_defaults(func=_cmd_journal)
+
+    doctor = sub.add_parser("doctor", help="check config, keys, clock, broker, gateway, readers")
+    doctor.add_argument("--config", default=None)
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from agent.gateway import GatewayClient, OrderRef, decline_reason
 from agent.journal import Journal, Phase, TxRow
+from agent.mqtt_link import LinkDown, LinkError
 from agent.states import RESULT_SECONDS, State, build_machine
 from cloud import envelope, money, wirejson
 from cloud import messages as m
@@ -78,8 +79,11 @@ HOPS = (
 class ReaderPort(Protocol):
     """What the engine needs of a reader (``drivers.registry.ManagedReader``)."""
 
-    name: str
-    kind: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
 
     @property
     def state(self) -> ReaderState: ...
@@ -89,10 +93,6 @@ class ReaderPort(Protocol):
     async def next_presentation(self) -> Presentation: ...
 
     async def disarm(self) -> None: ...
-
-
-class LinkDown(SadadError):
-    """Raised by an event publisher when the broker cannot take the event now."""
 
 
 EventPublisher = Callable[[bytes], Awaitable[None]]
@@ -227,6 +227,16 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+    async def wait_idle(self) -> None:
+        """Return once no transaction is on the terminal."""
+        while self.current is not None:
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    def tasks_alive(self) -> bool:
+        """The worker and the outbox drainer are running (for the watchdog)."""
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     def seconds_left(self) -> float:
         """Time until the current order's ``expires_at`` (used by the state deadline)."""
@@ -775,7 +785,7 @@ class Engine:
             for row in self.journal.pending_events():
                 try:
                     await self._deliver(row.kind, row.message_id, row.trans_no, row.reason)
-                except (LinkDown, CloudUnavailable, OSError) as exc:
+                except (LinkError, CloudUnavailable, OSError) as exc:
                     log.info("outbox: %s for %s waits (%s)", row.kind, row.trans_no, exc)
                     progress = False
                     break

@@ -211,7 +211,7 @@ class EventSink:
         self.changed = asyncio.Event()
 
     async def publish(self, payload: bytes) -> None:
-        from agent.engine import LinkDown
+        from agent.mqtt_link import LinkDown
 
         if not self.up:
             raise LinkDown("down")

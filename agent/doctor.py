@@ -1,0 +1,121 @@
+"""``sadad-agent doctor``: one clear verdict per thing a terminal needs.
+
+Checks, in order: config, keys, clock (against the gateway's HTTP ``Date``;
+pushes older than 15 minutes are refused, PROTOCOL.md part C), broker
+(``mqtt_link.test_connection``: dns, tcp, tls, auth, subscribe), gateway (a
+signed ``cashier.trans.detail`` round trip), readers (probe only). Prints
+``OK``/``FAIL``/``WARN`` lines and returns 1 if any check failed, 78 when the
+config itself cannot be read.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+from agent.config import AgentConfig, ConfigError, check_files, load_config
+from agent.gateway import GatewayClient, GatewayIdentity
+from agent.mqtt_link import test_connection
+from cloud.errors import KeyLoadError
+from cloud.signing import load_private_key, load_public_key
+
+MAX_SKEW_S = 15 * 60
+
+
+def _line(verdict: str, what: str, detail: str) -> None:
+    print(f"{verdict:<5} {what:<8} {detail}", flush=True)
+
+
+async def _clock(cfg: AgentConfig) -> tuple[str, str]:
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            resp = await http.get(cfg.gateway.url.rstrip("/") + "/")
+    except httpx.HTTPError as exc:
+        return "WARN", f"cannot compare with the gateway ({type(exc).__name__})"
+    date = resp.headers.get("date")
+    if not date:
+        return "WARN", "gateway sends no Date header to compare with"
+    skew = time.time() - email.utils.parsedate_to_datetime(date).timestamp()
+    if abs(skew) > MAX_SKEW_S:
+        return "FAIL", f"clock is {skew:+.0f} s off the gateway: pushes will be refused"
+    if abs(skew) > 60:
+        return "WARN", f"clock is {skew:+.0f} s off the gateway (time sync?)"
+    return "OK", f"within {abs(skew):.0f} s of the gateway"
+
+
+async def _agent_readers(cfg: AgentConfig) -> dict[str, str] | None:
+    from agent.bridge_protocol import BridgeError
+    from ui.bridge_client import query_status
+
+    try:
+        data = await query_status(str(cfg.ui.socket), timeout=3.0)
+    except (BridgeError, TimeoutError, OSError):
+        return None
+    readers = data.get("readers")
+    return dict(readers) if isinstance(readers, dict) else None
+
+
+async def run_doctor(path: str) -> int:
+    failed = False
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        _line("FAIL", "config", str(exc))
+        return 78
+    _line("OK", "config", f"{cfg.source} (terminal {cfg.terminal.sn})")
+    problems = check_files(cfg)
+    private: RSAPrivateKey | None = None
+    public: RSAPublicKey | None = None
+    try:
+        private = load_private_key(cfg.terminal.private_key_file.read_bytes())
+        public = load_public_key(cfg.gateway.public_key_file.read_bytes())
+    except (OSError, KeyLoadError) as exc:
+        problems.append(str(exc))
+    if problems:
+        failed = True
+        _line("FAIL", "keys", "; ".join(problems))
+    else:
+        _line("OK", "keys", "terminal private key and gateway public key load")
+
+    verdict, detail = await _clock(cfg)
+    failed |= verdict == "FAIL"
+    _line(verdict, "clock", detail)
+
+    ok, stage, reason = await test_connection(cfg.mqtt, cfg.terminal.sn, 10.0)
+    failed |= not ok
+    _line("OK" if ok else "FAIL", "broker", f"{cfg.mqtt.url}: {stage}: {reason}")
+
+    if private is not None and public is not None:
+        gateway = GatewayClient(
+            GatewayIdentity(cfg.gateway.url, cfg.terminal.app_id, cfg.terminal.sn, private, public),
+            timeout=10.0,
+        )
+        try:
+            gw_ok, gw_reason = await gateway.ping()
+        finally:
+            await gateway.aclose()
+        failed |= not gw_ok
+        _line("OK" if gw_ok else "FAIL", "gateway", f"{cfg.gateway.url}: {gw_reason}")
+    else:
+        failed = True
+        _line("FAIL", "gateway", "not checked: keys do not load")
+
+    running = await _agent_readers(cfg)
+    if running is not None:  # the agent holds the ports: ask it instead of probing
+        for name, state in running.items():
+            failed |= state != "ready"
+            _line("OK" if state == "ready" else "FAIL", "reader", f"{name}: {state} (agent)")
+    elif cfg.readers:
+        from drivers.check import check_readers
+
+        for row in await check_readers(dict(cfg.readers), 0):
+            ok = row.verdict == "ok"
+            failed |= not ok
+            detail = row.model or getattr(row, "reason", "") or row.verdict
+            _line("OK" if ok else "FAIL", "reader", f"{row.name} ({row.spec}): {detail}")
+    else:
+        _line("WARN", "readers", "none configured")
+    return 1 if failed else 0

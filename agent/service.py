@@ -1,0 +1,464 @@
+"""``sadad-agent run``: the daemon that ties the services together.
+
+Start order (DESIGN.md "Processes"; each step must succeed before the next):
+
+1. config and keys (a bad config exits 78, EX_CONFIG);
+2. the journal, pruned of old final rows;
+3. readers (opened in the background; an unplugged reader is "offline",
+   not a failure to start), the gateway client, the UI bridge socket;
+4. recovery: every non-final transaction is resolved, expired or queued
+   again (``Engine.recover``) *before* the MQTT link subscribes, so new
+   pushes wait at the broker (persistent session) meanwhile;
+5. the MQTT link; then ``READY=1``.
+
+``WATCHDOG=1`` is sent at half of ``WatchdogSec`` only while the engine's
+tasks are alive and the journal answers; ``STATUS=`` says what the terminal
+is doing. SIGTERM drains in reverse order (``STOPPING=1``); SIGHUP reloads
+the config and rebuilds the link, the readers and the gateway client once no
+payment is in flight (journal and socket paths need a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from agent import bridge_protocol as bp
+from agent.bridge import BridgeServer
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.engine import Engine, EngineSettings, ScreenView
+from agent.gateway import GatewayClient, GatewayIdentity
+from agent.journal import Journal
+from agent.mqtt_link import ConnectionState, MqttLink, test_connection
+from agent.notify import Notifier
+from cloud import messages as m
+from cloud.envelope import timestamp
+from cloud.errors import KeyLoadError
+from cloud.signing import load_private_key, load_public_key
+from drivers.base import ArmContext, CardRead, ReaderError, ReaderState
+from drivers.registry import ManagedReader, create_reader
+
+log = logging.getLogger(__name__)
+
+READER_TEST_SECONDS = 20.0
+
+
+@dataclass
+class _Health:
+    mqtt: str = "connecting"
+    mqtt_reason: str = "starting"
+    readers: dict[str, ReaderState] = field(default_factory=dict)
+    setup: bool = False
+
+
+class AgentService:
+    """One running agent. ``run()`` returns the process exit code."""
+
+    def __init__(self, cfg: AgentConfig, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.health = _Health()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._last_status = ""
+        self.journal: Journal | None = None
+        self.engine: Engine | None = None
+        self.link: MqttLink | None = None
+        self.bridge: BridgeServer | None = None
+        self.readers: list[ManagedReader] = []
+        self.gateway: GatewayClient | None = None
+
+    # ------------------------------------------------------------ build
+
+    def _keys(self, cfg: AgentConfig) -> tuple[Any, Any]:
+        try:
+            private = load_private_key(cfg.terminal.private_key_file.read_bytes())
+            public = load_public_key(cfg.gateway.public_key_file.read_bytes())
+        except (OSError, KeyLoadError) as exc:
+            raise ConfigError(f"{cfg.source or 'agent.toml'}: keys: {exc}") from exc
+        return private, public
+
+    def _build_readers(self, cfg: AgentConfig) -> list[ManagedReader]:
+        readers = []
+        for name, spec in cfg.readers.items():
+            readers.append(ManagedReader(create_reader(name, spec), self._reader_state))
+            self.health.readers[name] = ReaderState.OFFLINE
+        return readers
+
+    def _build_gateway(self, cfg: AgentConfig, private: Any, public: Any) -> GatewayClient:
+        ident = GatewayIdentity(
+            url=cfg.gateway.url,
+            app_id=cfg.terminal.app_id,
+            terminal_sn=cfg.terminal.sn,
+            private_key=private,
+            gateway_public_key=public,
+        )
+        return GatewayClient(ident, timeout=cfg.gateway.timeout)
+
+    def _build_link(self, cfg: AgentConfig, engine: Engine) -> MqttLink:
+        return MqttLink(
+            cfg.mqtt,
+            cfg.terminal.sn,
+            on_push=engine.handle_push,
+            status=self._terminal_status,
+            on_state=self._link_state,
+        )
+
+    # ------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        private, public = self._keys(cfg)
+        self.journal = Journal(cfg.journal.path)
+        pruned = self.journal.prune(cfg.journal.keep_days)
+        if pruned:
+            log.info("journal: pruned %d old transactions", pruned)
+        self.gateway = self._build_gateway(cfg, private, public)
+        self.readers = self._build_readers(cfg)
+        for reader in self.readers:
+            await reader.start()
+        settings = EngineSettings(
+            sn=cfg.terminal.sn,
+            private_key=private,
+            gateway_public_key=public,
+            resolve_deadline=cfg.gateway.resolve_deadline,
+        )
+        self.engine = Engine(
+            settings,
+            self.journal,
+            self.gateway,
+            self.readers,
+            on_screen=self._on_screen,
+            on_status=self._status_changed,
+        )
+        self.bridge = BridgeServer(str(cfg.ui.socket), hello=self._hello, on_intent=self._intent)
+        await self.bridge.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        self._notify_status("resolving unfinished payments")
+        await self.engine.recover()
+        self.engine.start()
+        self.link = self._build_link(cfg, self.engine)
+        self.engine.set_event_publisher(self.link.publish_event)
+        await self.link.start()
+        self.notifier.ready(self._status_line())
+        log.info("agent %s ready (%s)", cfg.terminal.sn, self._status_line())
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        reloader = asyncio.create_task(self._reloader(), name="reloader")
+        try:
+            await self._stop.wait()
+        finally:
+            self.notifier.stopping("stopping")
+            log.info("agent stopping")
+            watchdog.cancel()
+            reloader.cancel()
+            await self._shutdown()
+        return 0
+
+    async def _shutdown(self) -> None:
+        if self.link is not None:
+            await self.link.stop()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self.bridge is not None:
+            await self.bridge.close()
+        for reader in self.readers:
+            await reader.close()
+        if self.gateway is not None:
+            await self.gateway.aclose()
+        if self.journal is not None:
+            self.journal.close()
+
+    def healthy(self) -> bool:
+        engine = self.engine
+        if engine is None or not engine.tasks_alive():
+            return False
+        try:
+            assert self.journal is not None
+            self.journal.schema_version  # noqa: B018 - the journal answers
+        except Exception:
+            return False
+        return True
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.ping_interval
+        while True:
+            if interval and self.healthy():
+                self.notifier.watchdog()
+            elif interval:
+                log.error("unhealthy: watchdog not pinged")
+            await asyncio.sleep(interval or 5.0)
+
+    # ------------------------------------------------------------ reload
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config; rebuild link, readers and gateway when idle."""
+        self.notifier.reloading()
+        try:
+            assert self.cfg.source is not None
+            new = load_config(self.cfg.source)
+            private, public = self._keys(new)
+        except (ConfigError, AssertionError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready(self._status_line())
+            return False, str(exc)
+        engine = self.engine
+        assert engine is not None
+        await engine.wait_idle()  # never swap parts under a payment
+        if new.journal.path != self.cfg.journal.path or new.ui.socket != self.cfg.ui.socket:
+            log.warning("journal or socket path changed: takes effect after a restart")
+        if self.link is not None:
+            await self.link.stop()
+        for reader in self.readers:
+            await reader.close()
+        if self.gateway is not None:
+            await self.gateway.aclose()
+        self.cfg = new
+        self.health.readers.clear()
+        self.gateway = self._build_gateway(new, private, public)
+        self.readers = self._build_readers(new)
+        for reader in self.readers:
+            await reader.start()
+        engine.gateway = self.gateway
+        engine.readers = list(self.readers)
+        engine.settings = EngineSettings(
+            sn=new.terminal.sn,
+            private_key=private,
+            gateway_public_key=public,
+            resolve_deadline=new.gateway.resolve_deadline,
+        )
+        self.link = self._build_link(new, engine)
+        engine.set_event_publisher(self.link.publish_event)
+        await self.link.start()
+        self.notifier.ready(self._status_line())
+        log.info("config reloaded")
+        return True, "reloaded"
+
+    # ------------------------------------------------------------ state out
+
+    def _status_line(self) -> str:
+        engine = self.engine
+        screen = engine.view.screen.value if engine else "STARTING"
+        ready = sum(1 for s in self.health.readers.values() if s is ReaderState.READY)
+        return (
+            f"{self.health.mqtt}; {screen}; readers {ready}/{len(self.health.readers)} ready; "
+            f"queue {len(engine.queue) if engine else 0}"
+        )
+
+    def _notify_status(self, text: str | None = None) -> None:
+        line = text or self._status_line()
+        if line != self._last_status:
+            self._last_status = line
+            self.notifier.status(line)
+
+    def _screen_name(self) -> m.Screen:
+        if self.health.setup and (self.engine is None or self.engine.current is None):
+            return m.Screen.SETUP
+        return self.engine.view.screen if self.engine else m.Screen.IDLE
+
+    def _terminal_status(self) -> m.TerminalStatus:
+        return m.TerminalStatus(
+            status="online",
+            timestamp=timestamp(),
+            keepalive=self.cfg.mqtt.keepalive,
+            screen=self._screen_name(),
+            readers={k: v.value for k, v in self.health.readers.items()},
+            queue=len(self.engine.queue) if self.engine else 0,
+        )
+
+    def _status_changed(self) -> None:
+        self._notify_status()
+        if self.link is not None and self.link.state is ConnectionState.CONNECTED:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().create_task(self.link.publish_status())
+
+    def _on_screen(self, view: ScreenView) -> None:
+        if self.bridge is None:
+            return
+        self.bridge.publish(_screen_event(view))
+        self.bridge.publish(bp.QueueEvent(waiting=view.queue))
+
+    def _reader_state(self, name: str, state: ReaderState, reason: str) -> None:
+        if self.health.readers.get(name) is not state:
+            log.info("reader %s: %s (%s)", name, state.value, reason)
+        self.health.readers[name] = state
+        if self.bridge is not None:
+            self.bridge.publish(
+                bp.ReadersEvent(readers={k: v.value for k, v in self.health.readers.items()})
+            )
+        self._status_changed()
+
+    def _link_state(self, state: ConnectionState, reason: str) -> None:
+        self.health.mqtt = {
+            ConnectionState.CONNECTED: "connected",
+            ConnectionState.CONNECTING: "connecting",
+        }.get(state, "disconnected")
+        self.health.mqtt_reason = reason
+        log.info("mqtt: %s (%s)", state.value, reason)
+        if self.bridge is not None:
+            self.bridge.publish(self._connection_event())
+        self._notify_status()
+
+    def _connection_event(self) -> bp.ConnectionEvent:
+        ok = self.engine.gateway_ok if self.engine else None
+        return bp.ConnectionEvent(
+            mqtt=self.health.mqtt,  # type: ignore[arg-type]
+            mqtt_reason=self.health.mqtt_reason,
+            gateway="unknown" if ok is None else ("ok" if ok else "unreachable"),
+        )
+
+    def _hello(self) -> bp.HelloEvent:
+        assert self.bridge is not None
+        snap = self.bridge.snapshot()
+        if snap.connection is None:
+            snap = bp.Snapshot(
+                screen=snap.screen or _screen_event(ScreenView(screen=m.Screen.IDLE)),
+                connection=self._connection_event(),
+                readers=bp.ReadersEvent(
+                    readers={k: v.value for k, v in self.health.readers.items()}
+                ),
+                queue=snap.queue,
+            )
+        return bp.HelloEvent(
+            terminal=bp.TerminalInfo(
+                sn=self.cfg.terminal.sn, store_name=self.cfg.terminal.store_name
+            ),
+            snapshot=snap,
+        )
+
+    # ------------------------------------------------------------ intents in
+
+    async def _intent(self, intent: bp.Intent) -> dict[str, Any]:
+        engine = self.engine
+        assert engine is not None
+        if isinstance(intent, bp.ConfirmIntent | bp.CancelIntent):
+            name = "confirm" if isinstance(intent, bp.ConfirmIntent) else "cancel"
+            if intent.trans_no and engine.current and engine.current.tx.trans_no != intent.trans_no:
+                return {"accepted": False, "reason": "that order is no longer on screen"}
+            return await engine.handle_intent(name)
+        if isinstance(intent, bp.StatusIntent):
+            return self.status()
+        if isinstance(intent, bp.ReloadIntent):
+            ok, text = await self.reload()
+            return {"ok": ok, "reason": text}
+        if isinstance(intent, bp.TestConnectionIntent):
+            ok, stage, reason = await test_connection(self.cfg.mqtt, self.cfg.terminal.sn, 10.0)
+            gw_ok, gw_reason = (False, "not configured")
+            if self.gateway is not None:
+                gw_ok, gw_reason = await self.gateway.ping()
+            if ok and not gw_ok:
+                ok, stage, reason = False, "gateway", gw_reason
+            return {"ok": ok, "stage": stage, "reason": reason, "gateway": gw_reason}
+        if isinstance(intent, bp.TestReaderIntent):
+            return await self._test_reader(intent.reader)
+        if isinstance(intent, bp.EnterSetupIntent | bp.LeaveSetupIntent):
+            self.health.setup = isinstance(intent, bp.EnterSetupIntent)
+            self._status_changed()
+            return {"setup": self.health.setup}
+        raise ValueError(f"unsupported intent {type(intent).__name__}")
+
+    async def _test_reader(self, name: str | None) -> dict[str, Any]:
+        engine = self.engine
+        assert engine is not None
+        if engine.current is not None:
+            return {"ok": False, "reason": "a payment is in progress"}
+        readers = [r for r in self.readers if name in (None, r.name)]
+        if not readers:
+            return {"ok": False, "reason": f"no reader named {name}"}
+        ctx = ArmContext(amount=Decimal("0.01"), currency_numeric=634, currency_exponent=2)
+        reader = readers[0]
+        try:
+            await reader.arm(ctx)
+            presented = await asyncio.wait_for(reader.next_presentation(), READER_TEST_SECONDS)
+        except TimeoutError:
+            return {"ok": False, "reader": reader.name, "reason": "nothing presented"}
+        except ReaderError as exc:
+            return {"ok": False, "reader": reader.name, "reason": str(exc)}
+        finally:
+            with contextlib.suppress(ReaderError):
+                await reader.disarm()
+        if isinstance(presented, CardRead):
+            shown = f"{presented.brand} {presented.masked_pan}"
+        else:
+            shown = f"{presented.wallet.value} {presented.masked}"
+        return {"ok": True, "reader": reader.name, "presented": shown}
+
+    def status(self) -> dict[str, Any]:
+        engine = self.engine
+        current = None
+        if engine is not None and engine.current is not None:
+            tx = engine.current.tx
+            current = {
+                "trans_no": tx.trans_no,
+                "merchant_order_no": tx.merchant_order_no,
+                "amount": f"{tx.trans_amount} {tx.currency}",
+                "state": engine.state.value,
+            }
+        return {
+            "sn": self.cfg.terminal.sn,
+            "mqtt": self.health.mqtt,
+            "mqtt_reason": self.health.mqtt_reason,
+            "gateway": self._connection_event().gateway,
+            "screen": self._screen_name().value,
+            "readers": {k: v.value for k, v in self.health.readers.items()},
+            "current": current,
+            "queue": list(engine.queue) if engine else [],
+        }
+
+
+def _screen_event(view: ScreenView) -> bp.ScreenEvent:
+    order = None
+    if view.order is not None:
+        o = view.order
+        order = bp.OrderInfo(
+            trans_no=o["trans_no"],
+            merchant_order_no=o["merchant_order_no"],
+            amount=o["amount"],
+            currency=o["currency"],
+            description=o["description"] or "",
+            trans_type=o["trans_type"],
+            methods=tuple(o["methods"]),
+            expires_at=o["expires_at"],
+            confirm_required=o["confirm_required"],
+        )
+    card = _card_info(view.card) if view.card else None
+    result = None
+    if view.result is not None:
+        r = view.result
+        masked = r.get("masked_pan")
+        if card is None or card.masked_pan is None:
+            masked = None  # a wallet code's mask is not a PAN mask
+        result = bp.ResultInfo(
+            outcome=r["outcome"],
+            auth_code=r.get("auth_code"),
+            reason=r.get("reason"),
+            masked_pan=masked,
+        )
+    return bp.ScreenEvent(
+        screen=view.screen,
+        order=order,
+        progress=view.progress,
+        card=card,
+        result=result,
+        message=view.message,
+    )
+
+
+def _card_info(card: dict[str, str]) -> bp.CardInfo:
+    try:
+        return bp.CardInfo(**card)
+    except ValueError:  # a masked wallet code: show the brand only
+        return bp.CardInfo(brand=card.get("brand"), entry_mode=card.get("entry_mode"))
