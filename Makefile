@@ -44,7 +44,7 @@ check: venv
 	$(BIN)/mypy
 
 demo: deps
-	$(BIN)/python -m sandbox.demo --data $(DEMO_DATA)
+	$(BIN)/python -m sandbox.demo --data $(DEMO_DATA) $(if $(DEMO_HEADLESS),--headless)
 
 bench: deps
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -201,7 +201,7 @@ class Engine:
                     )
                     self.current = _Current(tx)
                     self._idle.clear()
-                    await self.trigger("recover")  # type: ignore[attr-defined]
+                    await self.trigger("resume")  # type: ignore[attr-defined]
                     await self._idle.wait()
                 elif tx.expires_at <= _wall_ms():
                     self._finish_offline(tx, Phase.EXPIRED, "failed", reason="expired")
@@ -420,7 +420,7 @@ class Engine:
         self.journal.enqueue_event("displayed", cur.tx.message_id, cur.tx.trans_no)
         self._outbox_wake.set()
         if not cur.tx.confirm:
-            await self.trigger("start")  # type: ignore[attr-defined]
+            await self.trigger("begin")  # type: ignore[attr-defined]
 
     async def on_enter_AWAITING_PAYMENT(
         self, *_: Any, message: str | None = None, **__: Any

@@ -210,7 +210,7 @@ class OrderRef:
     def of(cls, row: Any) -> OrderRef:
         return cls(
             trans_no=row.trans_no,
-            amount=row.trans_amount,
+            amount=row.amount,  # the order amount; the tip is already known to the gateway
             currency=row.currency,
             trans_type=row.trans_type,
             orig_trans_no=row.orig_trans_no,

@@ -8,13 +8,13 @@ triggers below. A trigger that does not apply in the current state is
 ignored (logged), which is how a late cancel after a payment was sent, or a
 second close, can never move a transaction backwards.
 
-    IDLE --offer--> OFFERED --start/confirm--> AWAITING_PAYMENT --present--> READING
+    IDLE --offer--> OFFERED --begin/confirm--> AWAITING_PAYMENT --present--> READING
     READING --authorize--> AUTHORIZING --approve/decline--> APPROVED/DECLINED
     READING --retry_read--> AWAITING_PAYMENT          (tap again, wrong method)
     AUTHORIZING --unknown--> RESOLVING --approve/decline/reversed--> final
     OFFERED/AWAITING_PAYMENT/READING --cancel/close--> CANCELLED/CLOSED
     OFFERED/AWAITING_PAYMENT --expire (deadline)--> EXPIRED
-    IDLE --recover--> RESOLVING                        (restart with an unanswered attempt)
+    IDLE --resume--> RESOLVING                        (restart with an unanswered attempt)
     final --done (after the result is shown)--> IDLE
 
 Timeouts: OFFERED and AWAITING_PAYMENT carry the order's own deadline
@@ -73,7 +73,7 @@ _CANCELLABLE = [State.OFFERED, State.AWAITING_PAYMENT, State.READING]
 
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "offer", "source": State.IDLE, "dest": State.OFFERED},
-    {"trigger": "start", "source": State.OFFERED, "dest": State.AWAITING_PAYMENT},
+    {"trigger": "begin", "source": State.OFFERED, "dest": State.AWAITING_PAYMENT},
     {"trigger": "confirm", "source": State.OFFERED, "dest": State.AWAITING_PAYMENT},
     {"trigger": "present", "source": State.AWAITING_PAYMENT, "dest": State.READING},
     {"trigger": "retry_read", "source": State.READING, "dest": State.AWAITING_PAYMENT},
@@ -86,7 +86,7 @@ TRANSITIONS: list[dict[str, Any]] = [
         "source": [State.AUTHORIZING, State.RESOLVING],
         "dest": State.CANCELLED,
     },
-    {"trigger": "recover", "source": State.IDLE, "dest": State.RESOLVING},
+    {"trigger": "resume", "source": State.IDLE, "dest": State.RESOLVING},
     {"trigger": "cancel", "source": _CANCELLABLE, "dest": State.CANCELLED},
     {"trigger": "close", "source": _CANCELLABLE, "dest": State.CLOSED},
     {"trigger": "expire", "source": [State.OFFERED, State.AWAITING_PAYMENT], "dest": State.EXPIRED},

@@ -39,6 +39,7 @@ class SimGateway:
     decline_code: str | None = None
     down: bool = False
     seen_pans: list[str] = field(default_factory=list)
+    amounts: list[str] = field(default_factory=list)
 
     def client(self) -> GatewayClient:
         ident = GatewayIdentity(
@@ -66,6 +67,7 @@ class SimGateway:
         trans_no = str(fields["trans_no"])
         if method in (m.Method.BANKCARD_CREATE, m.Method.WALLET_CREATE):
             request_no = str(fields["request_no"])
+            self.amounts.append(str(fields["order_amount"]))
             if "card_cipher" in fields:
                 card = json.loads(sealing.open(fields["card_cipher"], GW_PRIVATE))
                 self.seen_pans.append(card["pan"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,14 @@ async def _seed_attempt(j: Journal, gw: SimGateway, trans_no: str, *, charged: b
     if charged:
         gw.charges.append(trans_no)
         gw.status[trans_no] = m.TransStatus.COMPLETED
+
+
+async def test_tip_is_not_added_to_the_order_amount_sent(rig: Rig) -> None:
+    """The cashier create carries the order amount; the gateway knows the tip."""
+    await rig.engine.handle_push(push_order("TR15", tip_amount=Decimal("2.00")))
+    await until(lambda: rig.nfc.armed is not None)
+    assert rig.nfc.armed is not None
+    assert rig.nfc.armed.amount == Decimal("14.50")  # the card is asked for the total
+    rig.nfc.present(VISA)
+    await until(lambda: rig.phase("TR15") is Phase.APPROVED)
+    assert rig.gateway.amounts == ["12.50"]
