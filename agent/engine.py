@@ -14,8 +14,7 @@ about money (DESIGN.md "Transaction engine", PROTOCOL.md parts C and D):
   and then sends ``cashier.trans.reverse``, retried until acknowledged. The
   payment is never sent again.
 * Final outcomes are journaled, shown, then reported through the outbox
-  (terminal events, and ``cashier.trans.cancel`` for cashier cancels and
-  expiries), which is retried until delivered and survives restarts.
+  (terminal events, and ``cashier.trans.cancel`` for cashier cancels), which is retried until delivered and survives restarts.
 * On start, every non-final transaction is resolved (an attempt without an
   answer), expired, or queued again, before new pushes are taken.
 
@@ -393,8 +392,6 @@ class Engine:
     def _finish_offline(self, tx: TxRow, phase: Phase, event: str, reason: str) -> None:
         """Finish a transaction that is not on screen (queued or recovered)."""
         if self.journal.finish(tx.trans_no, phase, reason=reason):
-            if phase is Phase.EXPIRED:
-                self.journal.enqueue_event("gw:cancel", tx.message_id, tx.trans_no, "expired")
             self.journal.enqueue_event(event, tx.message_id, tx.trans_no, reason)
             self._outbox_wake.set()
 
@@ -660,8 +657,9 @@ class Engine:
         await self._final(Phase.CLOSED, "closed", outcome="closed", reason="Closed by the POS")
 
     async def on_enter_EXPIRED(self, *_: Any, **__: Any) -> None:
-        cur = self._cur()
-        self.journal.enqueue_event("gw:cancel", cur.tx.message_id, cur.tx.trans_no, "expired")
+        # No cashier.trans.cancel: the gateway closes an order that passed its
+        # expires_at itself (status 1, EXPIRED); a cancel would race it and
+        # could leave the POS with 3 where the terminal shows "expired".
         await self._final(Phase.EXPIRED, "failed", outcome="expired", reason="expired")
 
     async def _final(
