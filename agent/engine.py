@@ -14,7 +14,8 @@ about money (DESIGN.md "Transaction engine", PROTOCOL.md parts C and D):
   and then sends ``cashier.trans.reverse``, retried until acknowledged. The
   payment is never sent again.
 * Final outcomes are journaled, shown, then reported through the outbox
-  (terminal events, and ``cashier.trans.cancel`` for cashier cancels), which is retried until delivered and survives restarts.
+  (terminal events, and ``cashier.trans.cancel`` for cashier cancels),
+  which is retried until delivered and survives restarts.
 * On start, every non-final transaction is resolved (an attempt without an
   answer), expired, or queued again, before new pushes are taken.
 
