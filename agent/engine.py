@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -484,6 +486,7 @@ class Engine:
         self.journal.set_phase(tx.trans_no, Phase.AUTHORIZING, **card_fields)
         self.journal.new_attempt(tx.trans_no, request_no, kind)
         self._hop("payment_journaled")
+        _crash_point("payment_journaled")
         self.view = ScreenView(
             screen=m.Screen.AUTHORIZING,
             order=self._order_view(tx),
@@ -513,6 +516,7 @@ class Engine:
             del presentation  # clear card data leaves our hands here
         self.gateway_ok = True
         self._hop("answered")
+        _crash_point("answered")
         await self._adopt(request_no, result, from_create=True)
 
     async def on_enter_RESOLVING(self, *_: Any, **__: Any) -> None:
@@ -882,6 +886,15 @@ class Engine:
 
     def screen_name(self) -> m.Screen:
         return self.view.screen
+
+
+def _crash_point(step: str) -> None:
+    """Die here, as a power cut would, when ``SADAD_AGENT_CRASH_AT`` names this
+    step. Only the crash tests set it: they prove a restart settles the
+    payment from the journal (a failpoint, as in FoundationDB's simulator)."""
+    if os.environ.get("SADAD_AGENT_CRASH_AT") == step:
+        log.warning("crash point %s: SIGKILL", step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _amount_text(amount: Decimal, currency: str) -> str:

@@ -9,6 +9,7 @@ screens, and the POS side through ``cloud.pos.PosClient``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -164,11 +165,18 @@ class Terminal:
     def log_path(self) -> Path:
         return self.workdir / "agent.log"
 
-    def start_agent(self, *, watch: bool = True) -> None:
+    def start_agent(self, *, watch: bool = True, crash_at: str | None = None) -> None:
+        """Run the agent; ``crash_at`` makes it SIGKILL itself at that step."""
+        before = self.log_path.read_text().count("ready (") if self.log_path.exists() else 0
         log = self.log_path.open("ab")
+        env = dict(os.environ)
+        env.pop("SADAD_AGENT_CRASH_AT", None)
+        if crash_at:
+            env["SADAD_AGENT_CRASH_AT"] = crash_at
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
             cwd=REPO,
+            env=env,
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -179,7 +187,7 @@ class Terminal:
         def ready() -> bool:
             if agent.poll() is not None:
                 raise AssertionError(f"agent exited: {self.log_path.read_text()[-2000:]}")
-            return "ready (" in self.log_path.read_text()
+            return self.log_path.read_text().count("ready (") > before
 
         wait_until(ready, timeout=20)
         if watch and self.watcher is None:
@@ -187,7 +195,8 @@ class Terminal:
 
     def kill_agent(self) -> None:
         assert self.agent is not None
-        self.agent.send_signal(signal.SIGKILL)
+        if self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGKILL)
         self.agent.wait(timeout=10)
         self.agent = None
         if self.watcher is not None:

@@ -222,6 +222,34 @@ def test_sigkill_before_payment_then_paid(term: Terminal, step: str) -> None:
     assert term.journal_phase(info.trans_no) == "APPROVED"
 
 
+@pytest.mark.parametrize("step", ["payment_journaled", "answered"])
+def test_killed_between_journal_and_gateway(term: Terminal, step: str) -> None:
+    """SIGKILL after the attempt is journaled but before it is sent, and after
+    the gateway answered but before the answer is journaled: the restarted
+    agent settles both from the journal, never paying again."""
+    term.kill_agent()
+    term.start_agent(crash_at=step)
+    order_no = term.push("13.00")
+    _wait_screen(term, "WAITING_FOR_CARD")
+    term.sims["nfc"].send("present visa")
+    assert term.agent is not None
+    term.agent.wait(timeout=20)  # it killed itself at the step
+    assert term.agent.returncode == -9
+    term.kill_agent()
+    term.start_agent()
+    info = term.final(order_no, timeout=40)
+    phase = term.journal_phase(info.trans_no)
+    if step == "answered":  # the gateway charged: the restart learns it by detail
+        assert info.trans_status is TransStatus.COMPLETED
+        assert phase == "APPROVED"
+        assert len(term.charges(info.trans_no)) == 1
+    else:  # never sent: detail finds nothing, the reverse settles it, no charge
+        assert info.trans_status is TransStatus.CANCELLED
+        assert phase == "CANCELLED"
+        assert term.charges(info.trans_no) == []
+    assert "refused by the gateway" not in term.log_path.read_text()
+
+
 def test_sigkill_while_payment_in_flight_and_gateway_hangs(broker: object, tmp_path: Path) -> None:
     """A .91 payment hangs at the acquirer; the agent is killed mid-flight and
     restarted: it settles by detail and reverse; charged at most once, and
