@@ -6,7 +6,10 @@ journal, and the sandbox's charges table proves nothing was charged twice."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from cloud.messages import PushOrder, PushTopic, TransStatus, TransType
 from cloud.signing import generate_key_pem
 from tests.integration.agent_rig import Terminal, scan_for_card_data, wait_agent_idle
 from tests.integration.conftest import (
+    REPO,
     NotifyReceiver,
     SandboxHandle,
     running_sandbox,
@@ -328,3 +332,61 @@ def test_no_card_data_in_logs_or_journal(term: Terminal) -> None:
         term.log_path, journal, journal.with_name("journal.db-wal"), term.sandbox.stderr_path
     )
     assert found == []
+
+
+def _agent_cli(term: Terminal, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args, "--config", str(term.config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_operator_commands(term: Terminal) -> None:
+    """status, journal, journal --show (the timeline) and doctor on a live agent."""
+    order_no = term.push("21.00")
+    _wait_screen(term, "WAITING_FOR_CARD")
+    status = _agent_cli(term, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["mqtt"] == "connected"
+    assert data["readers"] == {"nfc": "ready", "msr": "ready", "scan": "ready"}
+    assert data["current"]["amount"] == "21.00 QAR"
+    term.sims["nfc"].send("present visa")
+    info = term.final(order_no)
+    wait_until(lambda: term.journal_phase(info.trans_no) == "APPROVED")
+
+    listing = _agent_cli(term, "journal")
+    assert info.trans_no in listing.stdout
+    assert "476173******0010" in listing.stdout
+    wait_until(
+        lambda: "event_published" in _agent_cli(term, "journal", "--show", info.trans_no).stdout
+    )
+    show = _agent_cli(term, "journal", "--show", info.trans_no).stdout.splitlines()[1:]
+    hops = {line.split()[0]: int(line.split()[1]) for line in show}
+    assert list(hops) == [
+        "push_received",
+        "journaled",
+        "acknowledged",
+        "shown",
+        "card_presented",
+        "card_read",
+        "payment_journaled",
+        "sent",
+        "answered",
+        "result_shown",
+        "event_published",
+    ]
+    assert list(hops.values()) == sorted(hops.values())
+
+    doctor = _agent_cli(term, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    for check in ("config", "keys", "clock", "broker", "gateway", "reader"):
+        assert any(line.startswith("OK") and check in line for line in doctor.stdout.splitlines())
+
+    term.stop_agent()
+    gone = _agent_cli(term, "status")
+    assert gone.returncode == 1
+    assert "sadad-agent" in gone.stderr
