@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= demo-data
 
-.PHONY: all venv deps mosquitto test test-slow check demo bench clean
+.PHONY: all venv deps mosquitto systemd-analyze test test-slow check demo bench clean
 
 all: check test
 
@@ -30,7 +30,17 @@ mosquitto:
 		echo "Mosquitto is missing. Install it with: sudo apt-get install mosquitto" >&2; exit 1; \
 	fi
 
-deps: venv mosquitto
+# systemd-analyze checks the unit files in the tests (Debian's systemd package).
+systemd-analyze:
+	@if command -v systemd-analyze >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing systemd (for systemd-analyze) with apt-get..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+	else \
+		echo "systemd-analyze is missing. Install it with: sudo apt-get install systemd" >&2; exit 1; \
+	fi
+
+deps: venv mosquitto systemd-analyze
 
 test: deps
 	$(BIN)/pytest -q
