@@ -290,6 +290,10 @@ class AgentService:
             return
         self.bridge.publish(_screen_event(view))
         self.bridge.publish(bp.QueueEvent(waiting=view.queue))
+        connection = self._connection_event()
+        last = self.bridge.snapshot().connection
+        if last is None or (last.mqtt, last.gateway) != (connection.mqtt, connection.gateway):
+            self.bridge.publish(connection)  # gateway reachability learned from a payment
 
     def _reader_state(self, name: str, state: ReaderState, reason: str) -> None:
         if self.health.readers.get(name) is not state:

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -75,7 +76,7 @@ class Stack:
         proc = subprocess.Popen(
             argv,
             stdout=None if on_screen else (stdout if stdout is not None else log),
-            stderr=log,
+            stderr=None if on_screen else log,  # Textual draws on stderr
             stdin=None if on_screen else subprocess.DEVNULL,
         )
         self.procs.append((name, proc))
@@ -261,23 +262,28 @@ def interactive(data: Path) -> int:
         if shutil.which(_bin("sadad-ui")) is None and not Path(_bin("sadad-ui")).exists():
             print("sadad-ui is not installed: running headless")
             return headless(data)
-        pusher = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys,time; from sandbox.demo import push, SALES; time.sleep(3);"
-                f"push(__import__('pathlib').Path({str(pos_toml)!r}), SALES[0][1], quiet=True)",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # The first order, pushed the POS way once the screen is up.
+        argv = [
+            _bin("sadad-pos"),
+            "--config",
+            str(pos_toml),
+            "push",
+            "--terminal",
+            SN,
+            *SALES[0][1],
+            "--wait",
+            "--timeout",
+            "60",
+        ]
+        timer = threading.Timer(3.0, lambda: stack.start("pos", argv))
+        timer.start()
         ui = stack.start(
             "ui",
             [_bin("sadad-ui"), "--socket", str(socket), "--config", str(agent_toml)],
             on_screen=True,
         )
         ui.wait()
-        pusher.kill()
+        timer.cancel()
         print("Push more orders with:")
         print(
             f"  .venv/bin/sadad-pos --config {pos_toml} push --terminal {SN} --amount 9.99 --wait"
