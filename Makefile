@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= demo-data
 
-.PHONY: all venv deps mosquitto systemd-analyze test test-slow check demo bench clean
+.PHONY: all venv deps mosquitto systemd-analyze test test-slow check demo bench install clean
 
 all: check test
 
@@ -58,6 +58,10 @@ demo: deps
 
 bench: deps
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# On a terminal (as root): venv under /opt, user, units, udev rules, example config.
+install:
+	bash systemd/install.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(DEMO_DATA)

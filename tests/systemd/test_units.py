@@ -92,3 +92,30 @@ def test_udev_rules() -> None:
         assert link, rule
         names.add(link.group(1))
     assert names == {"sadad-nfc", "sadad-msr", "sadad-scanner"}
+
+
+def test_install_into_destdir(tmp_path: Path) -> None:
+    dest = tmp_path / "root"
+    for _ in range(2):  # idempotent
+        done = subprocess.run(
+            ["bash", str(SYSTEMD / "install.sh"), "--destdir", str(dest), "--no-venv"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    config = dest / "etc/sadad-agent/agent.toml"
+    assert config.read_text() == (SYSTEMD / "agent.toml.example").read_text()
+    assert oct(config.stat().st_mode & 0o777) == "0o640"
+    assert oct((dest / "etc/sadad-agent").stat().st_mode & 0o777) == "0o750"
+    for unit in ("sadad-agent.service", "sadad-ui.service"):
+        assert (dest / "etc/systemd/system" / unit).is_file()
+    assert (dest / "etc/udev/rules.d/99-sadad-readers.rules").is_file()
+
+
+def test_install_refuses_unknown_option() -> None:
+    done = subprocess.run(
+        ["bash", str(SYSTEMD / "install.sh"), "--bogus"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "unknown option" in done.stderr
