@@ -9,7 +9,7 @@ exactly one JSON line to stdout::
     {"http_url": ..., "mqtt_url": "mqtt://127.0.0.1:PORT", "data": DIR,
      "pos_config": DIR/pos.toml}
 
-Logs go to stderr. SIGTERM / SIGINT stop it cleanly, and the broker it
+Logs go to stderr. SIGTERM / SIGINT / SIGHUP stop it cleanly, and the broker it
 started. ``--port 0`` picks a free port; without ``--port`` the last serve's
 port is reused when free. Without ``--mqtt`` it starts its own Mosquitto
 (``--start-broker``), on the last serve's broker port when free.
@@ -174,7 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
     # process started is always stopped again. uvicorn installs its own handlers
     # while it serves, then restores these and raises the signal again.
     stop = _Stop()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too: a closed terminal must not leave its broker behind.
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         return _serve_until_stopped(args, stop)
     finally:

@@ -279,7 +279,16 @@ def interactive(data: Path) -> int:
         timer.start()
         ui = stack.start(
             "ui",
-            [_bin("sadad-ui"), "--socket", str(socket), "--config", str(agent_toml)],
+            [
+                _bin("sadad-ui"),
+                "--socket",
+                str(socket),
+                "--config",
+                str(agent_toml),
+                "--hint",
+                f"Push more: sadad-pos --config {pos_toml} push --terminal {SN} "
+                "--amount 9.99   (Ctrl+Q quits the demo)",
+            ],
             on_screen=True,
         )
         ui.wait()
@@ -298,6 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--headless", action="store_true", default=bool(os.environ.get("DEMO_HEADLESS"))
     )
     args = parser.parse_args(argv)
+
+    def leave(signum: int, _frame: object) -> None:
+        # A closed terminal (SIGHUP) or a kill must still stop every child.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGHUP, leave)
     if args.headless or not sys.stdout.isatty():
         return headless(args.data)
     return interactive(args.data)

@@ -52,12 +52,14 @@ class CheckoutApp(App[None]):
         client: BridgeClient | None = None,
         clock: Callable[[], int] | None = None,
         ascii_borders: bool = False,
+        hint: str = "",
     ) -> None:
         super().__init__()
         self.client = client or BridgeClient(socket_path)
         self.view = CheckoutView()
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
         self.ascii_borders = ascii_borders
+        self.hint = hint
 
     def compose(self) -> ComposeResult:
         with Vertical(id="main"):
@@ -96,7 +98,8 @@ class CheckoutApp(App[None]):
         prompt.update(v.prompt())
         outcome = v.screen.result.outcome if v.screen and v.screen.result else ""
         prompt.set_classes(f"outcome-{outcome}" if outcome else "")
-        self.query_one("#message", Static).update(v.message())
+        idle = v.screen_name == "IDLE"
+        self.query_one("#message", Static).update(v.message() or (self.hint if idle else ""))
         self.query_one("#countdown", Static).update(v.countdown(self.clock()))
         self.query_one("#queue", Static).update(v.queue_line())
 
@@ -131,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ascii", action="store_true", default=bool(os.environ.get("SADAD_UI_ASCII"))
     )
+    parser.add_argument("--hint", default="", help="a line to show while idle (the demo's)")
     args = parser.parse_args(argv)
-    CheckoutApp(args.socket, ascii_borders=args.ascii).run()
+    CheckoutApp(args.socket, ascii_borders=args.ascii, hint=args.hint).run()
     return 0

@@ -137,3 +137,11 @@ def test_view_rules() -> None:
     assert v.countdown(NOW + 94_500) == "expires in 0:00"
     assert v.countdown(NOW) == "expires in 1:35"
     assert v.prompt() == "Tap, swipe or scan"
+
+
+async def test_idle_hint_hidden_during_an_order(agent: ScriptedAgent) -> None:
+    app = CheckoutApp(agent.server.path, clock=lambda: NOW, hint="Push more: sadad-pos ...")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: "Push more" in _text(app, "message"))
+        agent.server.publish(bp.ScreenEvent(screen=Screen.WAITING_FOR_CARD, order=ORDER))
+        await _until(pilot, lambda: _text(app, "message") == "")
