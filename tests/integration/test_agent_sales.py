@@ -49,6 +49,21 @@ def _wait_screen(term: Terminal, name: str) -> None:
     )
 
 
+def _present_until_final(term: Terminal, sim: str, command: str, order_no: str) -> None:
+    """Swipe or scan until the order settles: the screen can show the order a
+    moment before the reader is armed, and a swipe while disarmed is dropped
+    on purpose (it must never pay the next order)."""
+
+    def settled() -> bool:
+        if term.pos.query_order(order_no).trans_status.is_final:
+            return True
+        term.sims[sim].send(command)
+        return False
+
+    term.sims[sim].send(command)
+    wait_until(settled, timeout=30, interval=1.0)
+
+
 @pytest.mark.parametrize(
     ("sim", "command", "method"),
     [
@@ -65,7 +80,7 @@ def test_sale_each_method(
     readers_of_other_kind = {"nfc": "msr", "msr": "nfc"}
     order_no = term.push(pay_scenario=scenario, notify_url=notify_receiver.url)
     _wait_screen(term, "WAITING_FOR_CARD")
-    term.sims[sim].send(command)
+    _present_until_final(term, sim, command, order_no)
     info = term.final(order_no)
     assert info.trans_status is TransStatus.COMPLETED
     assert info.pay_method_id == method
@@ -323,7 +338,7 @@ def test_no_card_data_in_logs_or_journal(term: Terminal) -> None:
     ):
         order_no = term.push(pay_scenario=scenario)
         _wait_screen(term, "WAITING_FOR_CARD")
-        term.sims[sim].send(command)
+        _present_until_final(term, sim, command, order_no)
         assert term.final(order_no).trans_status is TransStatus.COMPLETED
         wait_agent_idle(term)
     term.stop_agent()
