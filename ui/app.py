@@ -1,140 +1,235 @@
-"""``sadad-ui``: the checkout screen, a thin client of the agent's UI bridge.
+"""``sadad-ui``: the checkout and setup screens, a thin client of the agent.
 
-Events from ``ui.bridge_client.BridgeClient`` are folded into a
-``CheckoutView`` and shown; the cashier's keys go back as intents (Enter
-confirm, Esc cancel). The app can crash or restart at any time: the agent
-owns the payment, and the hello on reconnect restores the screen.
+A worker iterates ``BridgeClient.events()`` and posts each event as a typed
+message (``ui.messages``); the app folds it into a ``CheckoutView`` and the
+checkout screen shows it. Keys come back as ``CashierIntent`` / ``OpenSetup``
+messages and leave as intents through the client, each in a worker; a
+failed or refused reply shows a notification. The app can crash or restart
+at any time: the agent owns the payment, and its hello on reconnect
+restores the screen.
+
+``--ascii`` (or ``SADAD_UI_ASCII=1``) draws borders, scrollbars and radio
+buttons with ASCII for console fonts without box drawing; ``--ansi-colors``
+(the default when ``TERM=linux``) uses the terminal's 16 colours.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import ClassVar
 
-from textual import work
-from textual.app import App, ComposeResult
+from textual import on, work
+from textual.app import App
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
-from textual.message import Message
-from textual.widgets import Footer, Static
+from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from agent import bridge_protocol as bp
-from ui.bridge_client import AgentLost, BridgeClient
+from ui.bridge_client import BridgeClient
+from ui.messages import AgentMessage, CashierIntent, OpenSetup, to_message
+from ui.pin_guard import PinGuard
+from ui.screens.checkout import CheckoutScreen
+from ui.screens.setup import SetupScreen
 from ui.view import CheckoutView
 
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_SOCKET", "CheckoutApp", "build_app", "main"]
+
+log = logging.getLogger(__name__)
+
 DEFAULT_SOCKET = "/run/sadad-agent/agent.sock"
+DEFAULT_CONFIG = "/etc/sadad-agent/agent.toml"
+INTENT_TIMEOUT = 10.0
 
 
-class AgentEvent(Message):
-    """One event from the agent (or an AgentLost notice)."""
+class AsciiScrollBarRender(ScrollBarRender):
+    """Scrollbars from spaces and colour only (no eighth-block glyphs)."""
 
-    def __init__(self, event: bp.Event | AgentLost) -> None:
-        super().__init__()
-        self.event = event
+    VERTICAL_BARS: ClassVar[list[str]] = [" "] * 8
+    HORIZONTAL_BARS: ClassVar[list[str]] = [" "] * 8
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class CheckoutApp(App[None]):
-    CSS_PATH = "app.tcss"
+    """The checkout. ``client`` and ``clock`` (ms) can be injected for tests."""
+
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses live elsewhere
     TITLE = "Sadad checkout"
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter,f1", "confirm", "Confirm"),
-        Binding("escape,f4", "cancel", "Cancel"),
         Binding("ctrl+q", "quit", "Quit", show=False),
     ]
 
     def __init__(
         self,
         socket_path: str = DEFAULT_SOCKET,
-        *,
+        config_path: str | os.PathLike[str] = DEFAULT_CONFIG,
         client: BridgeClient | None = None,
+        *,
         clock: Callable[[], int] | None = None,
         ascii_borders: bool = False,
+        ansi_colors: bool = False,
         hint: str = "",
     ) -> None:
         super().__init__()
         self.client = client or BridgeClient(socket_path)
+        self.config_path = config_path
         self.view = CheckoutView()
-        self.clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self.clock = clock or _now_ms
         self.ascii_borders = ascii_borders
+        self.ansi_colors = ansi_colors
         self.hint = hint
+        self.pin_guard = PinGuard()
+        self.setup_open = False
+        self._scrollbar_renderer = ScrollBar.renderer
+        self._checkout: CheckoutScreen | None = None
 
-    def compose(self) -> ComposeResult:
-        with Vertical(id="main"):
-            yield Static("", id="status")
-            yield Static("", id="amount")
-            yield Static("", id="order")
-            yield Static("", id="prompt")
-            yield Static("", id="message")
-            yield Static("", id="countdown")
-            yield Static("", id="queue")
-        yield Footer()
+    @property
+    def checkout(self) -> CheckoutScreen:
+        """The checkout screen (the default screen, under setup)."""
+        if self._checkout is None:
+            self._checkout = CheckoutScreen(
+                self.view, self.clock, ascii_only=self.ascii_borders, hint=self.hint
+            )
+        return self._checkout
+
+    def get_default_screen(self) -> CheckoutScreen:
+        return self.checkout
 
     def on_mount(self) -> None:
+        if self.ansi_colors:
+            self.theme = "ansi-dark"
         if self.ascii_borders:
-            self.query_one("#main").styles.border = ("ascii", "white")
-        self.refresh_view()
+            ScrollBar.renderer = AsciiScrollBarRender
         self.listen()
-        self.set_interval(1.0, self.refresh_view)
+
+    async def on_unmount(self) -> None:
+        ScrollBar.renderer = self._scrollbar_renderer
+        if self.setup_open and self.client.connected:
+            with contextlib.suppress(bp.BridgeError):
+                await self.client.request("leave_setup", timeout=1.0)
+        await self.client.close()
+
+    # ------------------------------------------------------------ events in
 
     @work(exclusive=True, group="bridge")
     async def listen(self) -> None:
         await self.client.connect()
         async for event in self.client.events():
-            self.post_message(AgentEvent(event))
+            message = to_message(event)
+            if message is not None:
+                self.post_message(message)
 
-    def on_agent_event(self, message: AgentEvent) -> None:
+    @on(AgentMessage)
+    def apply_agent_event(self, message: AgentMessage) -> None:
+        was_busy = self.view.busy
         self.view.apply(message.event)
-        self.refresh_view()
+        self.checkout.show(self.view)
+        order = self.view.order
+        if self.setup_open and self.view.busy and not was_busy and order is not None:
+            self.notify(
+                f"Order {order.merchant_order_no} is waiting: press Esc to close setup",
+                severity="warning",
+                timeout=30,
+            )
 
-    def refresh_view(self) -> None:
-        v = self.view
-        self.query_one("#status", Static).update(v.status_line())
-        self.query_one("#amount", Static).update(v.amount())
-        self.query_one("#order", Static).update(v.order_line())
-        prompt = self.query_one("#prompt", Static)
-        prompt.update(v.prompt())
-        outcome = v.screen.result.outcome if v.screen and v.screen.result else ""
-        prompt.set_classes(f"outcome-{outcome}" if outcome else "")
-        idle = v.screen_name == "IDLE"
-        self.query_one("#message", Static).update(v.message() or (self.hint if idle else ""))
-        self.query_one("#countdown", Static).update(v.countdown(self.clock()))
-        self.query_one("#queue", Static).update(v.queue_line())
+    # ------------------------------------------------------------ intents out
 
-    async def action_confirm(self) -> None:
-        self.send_intent("confirm")
-
-    async def action_cancel(self) -> None:
-        self.send_intent("cancel")
+    def on_cashier_intent(self, message: CashierIntent) -> None:
+        order = self.view.order
+        if order is not None:
+            self.send_intent(message.intent, order.trans_no)
 
     @work(group="intents")
-    async def send_intent(self, name: str) -> None:
-        order = self.view.screen.order if self.view.screen else None
-        if order is None:
+    async def send_intent(self, name: str, trans_no: str) -> None:
+        if not self.client.connected:
+            self.notify(f"Cannot {name}: the agent is not running", severity="error")
             return
         try:
-            reply = await self.client.request(name, trans_no=order.trans_no, timeout=10.0)
+            reply = await self.client.request(name, timeout=INTENT_TIMEOUT, trans_no=trans_no)
         except bp.BridgeError as exc:
-            self.notify(f"{name} failed: {exc}", severity="error")
+            self.notify(f"{name.capitalize()} failed: {exc}", severity="error")
             return
-        if not reply.ok or not reply.data.get("accepted", True):
-            reason = reply.error or reply.data.get("reason", "refused")
-            self.notify(f"{name}: {reason}", severity="warning")
+        if not reply.ok:
+            self.notify(f"{name.capitalize()} failed: {reply.error}", severity="error")
+        elif reply.data.get("accepted") is False:
+            reason = reply.data.get("reason") or "refused"
+            self.notify(f"{name.capitalize()} refused: {reason}", severity="warning")
 
-    async def on_unmount(self) -> None:
-        await self.client.close()
+    # ------------------------------------------------------------ setup
+
+    def on_open_setup(self, _message: OpenSetup) -> None:
+        if self.setup_open:
+            return
+        if self.view.busy:
+            self.notify("Finish or cancel the order first", severity="warning")
+            return
+        self.setup_open = True
+        screen = SetupScreen(
+            self.config_path,
+            self.client,
+            self.clock,
+            self.pin_guard,
+            ascii_only=self.ascii_borders,
+        )
+        self.push_screen(screen, callback=self._setup_closed)
+        self.setup_intent("enter_setup")
+
+    def _setup_closed(self, _result: None) -> None:
+        self.setup_open = False
+        self.setup_intent("leave_setup")
+
+    @work(group="setup-intents")
+    async def setup_intent(self, name: str) -> None:
+        if not self.client.connected:
+            return
+        try:
+            await self.client.request(name, timeout=INTENT_TIMEOUT)
+        except bp.BridgeError as exc:
+            log.warning("%s: %s", name, exc)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def build_app(argv: Sequence[str] | None = None) -> CheckoutApp:
+    """The app ``sadad-ui`` runs, from its command line."""
     parser = argparse.ArgumentParser(prog="sadad-ui", description="Sadad checkout screen")
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help="the agent's UI socket")
-    parser.add_argument("--config", default=None, help="agent config (for setup; not used yet)")
     parser.add_argument(
-        "--ascii", action="store_true", default=bool(os.environ.get("SADAD_UI_ASCII"))
+        "--config", default=DEFAULT_CONFIG, help="the agent's config (setup edits it)"
+    )
+    parser.add_argument(
+        "--ascii",
+        action="store_true",
+        default=_env_flag("SADAD_UI_ASCII"),
+        help="ASCII borders for console fonts without box drawing (env SADAD_UI_ASCII=1)",
+    )
+    parser.add_argument(
+        "--ansi-colors",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("TERM") == "linux",
+        help="use the terminal's 16 colours (default on the Linux console)",
     )
     parser.add_argument("--hint", default="", help="a line to show while idle (the demo's)")
     args = parser.parse_args(argv)
-    CheckoutApp(args.socket, ascii_borders=args.ascii, hint=args.hint).run()
+    return CheckoutApp(
+        args.socket,
+        args.config,
+        ascii_borders=args.ascii,
+        ansi_colors=args.ansi_colors,
+        hint=args.hint,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    build_app(argv).run()
     return 0

@@ -1,17 +1,32 @@
 """What the checkout shows, computed from the agent's events. Pure.
 
 ``CheckoutView`` folds bridge events (hello, screen, connection, readers,
-queue, AgentLost) into the texts the widgets display, so the rules - the
-amount with its currency's decimals, the countdown, the result wording -
-are tested without a terminal.
+queue, AgentLost) into one state; the functions below turn that state into
+the texts the widgets display. The rules - which panel is up, the amount
+with thousands separators, the countdown, the result wording, which keys
+work - are tested here without a terminal.
+
+Card data: everything shown comes from the bridge, which carries masked
+PANs only; ``mask_digits`` is a second guard applied to every free-text
+field from the agent (progress, message, reason, test results), so a long
+run of digits never reaches the screen in full.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from agent import bridge_protocol as bp
+from cloud.messages import Screen
 from ui.bridge_client import AgentLost
+
+Phase = Literal["connecting", "lost", "idle", "order", "result"]
+
+ORDER_SCREENS = frozenset(
+    {Screen.WAITING_FOR_CONFIRM, Screen.WAITING_FOR_CARD, Screen.READING, Screen.AUTHORIZING}
+)
 
 OUTCOME_TITLES = {
     "approved": "APPROVED",
@@ -22,15 +37,75 @@ OUTCOME_TITLES = {
     "error": "NOT COMPLETED",
 }
 
+DEFAULT_PROMPTS = {
+    Screen.WAITING_FOR_CONFIRM: "Check the amount, then press Enter to confirm",
+    Screen.WAITING_FOR_CARD: "Tap, swipe or scan",
+    Screen.READING: "Reading card...",
+    Screen.AUTHORIZING: "Authorizing...",
+}
+
+MQTT_LABELS = {
+    "connected": "connected",
+    "connecting": "connecting...",
+    "disconnected": "disconnected",
+}
+GATEWAY_LABELS = {"ok": "ok", "unreachable": "unreachable", "unknown": "not checked yet"}
+
+_LONG_DIGITS = re.compile(r"\d(?:[ -]?\d){11,}")
+
+
+def mask_digits(text: str) -> str:
+    """Mask every run of 12 or more digits (spaces or dashes allowed between)
+    to its first 6 and last 4 digits."""
+
+    def repl(m: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", m.group(0))
+        return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+
+    return _LONG_DIGITS.sub(repl, text)
+
+
+def format_amount(amount: str) -> str:
+    """``1234567.50`` -> ``1,234,567.50`` (the decimals as the agent sent them)."""
+    whole, dot, frac = amount.partition(".")
+    return f"{int(whole):,}{dot}{frac}" if whole.isdigit() else amount
+
+
+def countdown_text(expires_at: int, now_ms: int) -> str:
+    """``Expires in M:SS`` (rounded up: 0:00 is shown only once it has passed)."""
+    if not expires_at:
+        return ""
+    left_ms = expires_at - now_ms
+    if left_ms <= 0:
+        return "Expired"
+    left = -(-left_ms // 1000)
+    return f"Expires in {left // 60}:{left % 60:02d}"
+
+
+def methods_text(methods: tuple[str, ...]) -> str:
+    names = {"card": "Card: tap or swipe", "wallet": "Wallet: scan the QR code"}
+    shown = [names.get(m, m) for m in methods]
+    return "Accepted   " + "   |   ".join(shown) if shown else ""
+
+
+def spinner_frame(now_ms: int) -> str:
+    """An ASCII spinner frame (console fonts have these glyphs)."""
+    return "|/-\\"[(now_ms // 125) % 4]
+
 
 @dataclass
 class CheckoutView:
+    """Everything the agent told us, folded. ``apply`` takes each event."""
+
     store: str = ""
     sn: str = ""
     agent_up: bool = False
-    agent_reason: str = "connecting to the agent..."
+    ever_connected: bool = False
+    lost_reason: str = ""
     mqtt: str = "unknown"
+    mqtt_reason: str = ""
     gateway: str = "unknown"
+    gateway_reason: str = ""
     readers: dict[str, str] = field(default_factory=dict)
     queue: int = 0
     screen: bp.ScreenEvent | None = None
@@ -38,73 +113,160 @@ class CheckoutView:
     def apply(self, event: bp.Event | AgentLost) -> None:
         if isinstance(event, AgentLost):
             self.agent_up = False
-            self.agent_reason = f"Agent not running - reconnecting ({event.reason})"
+            self.lost_reason = event.reason
+            return
+        if isinstance(event, bp.Reply):
             return
         self.agent_up = True
+        self.ever_connected = True
         if isinstance(event, bp.HelloEvent):
             self.store, self.sn = event.terminal.store_name, event.terminal.sn
             snap = event.snapshot
-            for part in (snap.connection, snap.readers, snap.queue, snap.screen):
+            self.screen = snap.screen
+            for part in (snap.connection, snap.readers, snap.queue):
                 if part is not None:
                     self.apply(part)
         elif isinstance(event, bp.ScreenEvent):
             self.screen = event
         elif isinstance(event, bp.ConnectionEvent):
-            self.mqtt, self.gateway = event.mqtt, event.gateway
+            self.mqtt, self.mqtt_reason = event.mqtt, event.mqtt_reason
+            self.gateway, self.gateway_reason = event.gateway, event.gateway_reason
         elif isinstance(event, bp.ReadersEvent):
             self.readers = dict(event.readers)
         elif isinstance(event, bp.QueueEvent):
             self.queue = event.waiting
 
+    # ------------------------------------------------------------ state
+
     @property
-    def screen_name(self) -> str:
-        return self.screen.screen.value if self.screen else "IDLE"
+    def screen_name(self) -> Screen:
+        return self.screen.screen if self.screen else Screen.IDLE
 
-    def status_line(self) -> str:
+    @property
+    def order(self) -> bp.OrderInfo | None:
+        return self.screen.order if self.screen else None
+
+    @property
+    def phase(self) -> Phase:
         if not self.agent_up:
-            return self.agent_reason
-        readers = " ".join(f"{k}:{v}" for k, v in self.readers.items()) or "no readers"
-        return f"{self.store} | {self.sn} | TMS {self.mqtt} | gateway {self.gateway} | {readers}"
+            return "lost" if self.ever_connected or self.lost_reason else "connecting"
+        name = self.screen_name
+        if name in ORDER_SCREENS and self.order is not None:
+            return "order"
+        if name is Screen.RESULT and self.screen is not None and self.screen.result is not None:
+            return "result"
+        return "idle"
 
-    def amount(self) -> str:
-        order = self.screen.order if self.screen else None
-        return f"{order.amount} {order.currency}" if order else ""
+    @property
+    def can_confirm(self) -> bool:
+        return self.phase == "order" and self.screen_name is Screen.WAITING_FOR_CONFIRM
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.phase == "order" and self.screen_name is not Screen.AUTHORIZING
+
+    @property
+    def busy(self) -> bool:
+        """True while a payment is in progress (no setup then)."""
+        return self.agent_up and self.screen_name in ORDER_SCREENS
+
+    # ------------------------------------------------------------ texts
+
+    def title_line(self) -> str:
+        if not self.ever_connected:
+            return "Sadad checkout"
+        return "  ".join(
+            x for x in (self.store or "Sadad checkout", self.sn and f"[{self.sn}]") if x
+        )
+
+    def connection_items(self) -> list[tuple[str, str, bool]]:
+        """(label, state, healthy) for the TMS, the gateway and each reader."""
+        if not self.agent_up:
+            return []
+        items = [
+            ("TMS", MQTT_LABELS.get(self.mqtt, self.mqtt), self.mqtt == "connected"),
+            (
+                "Gateway",
+                GATEWAY_LABELS.get(self.gateway, self.gateway),
+                self.gateway != "unreachable",
+            ),
+        ]
+        for name, state in self.readers.items():
+            items.append((name, state, state == "ready"))
+        return items
+
+    def link_reason(self, label: str) -> str:
+        """Why the TMS or the gateway link is down, as the agent said (or "")."""
+        if label == "TMS" and self.mqtt != "connected":
+            return mask_digits(self.mqtt_reason)
+        if label == "Gateway" and self.gateway == "unreachable":
+            return mask_digits(self.gateway_reason)
+        return ""
 
     def order_line(self) -> str:
-        order = self.screen.order if self.screen else None
+        order = self.order
         if order is None:
             return ""
-        kind = "" if order.trans_type == "sale" else f"{order.trans_type.upper()}  "
-        text = f"{kind}Order {order.merchant_order_no}"
-        return text + (f"  -  {order.description}" if order.description else "")
+        kind = "Sale" if order.trans_type == "sale" else order.trans_type.capitalize()
+        return f"{kind}  -  Order {order.merchant_order_no}"
 
-    def countdown(self, now_ms: int) -> str:
-        order = self.screen.order if self.screen else None
-        if order is None or not order.expires_at or self.screen_name == "RESULT":
-            return ""
-        left = max(0, (order.expires_at - now_ms) // 1000)
-        return f"expires in {left // 60}:{left % 60:02d}"
+    def description(self) -> str:
+        order = self.order
+        return mask_digits(order.description) if order else ""
 
     def prompt(self) -> str:
         s = self.screen
-        if s is None or s.screen.value == "IDLE":
-            return "Ready" if self.agent_up else ""
-        if s.screen.value == "WAITING_FOR_CONFIRM":
-            return "Confirm the amount: Enter to confirm, Esc to cancel"
-        if s.screen.value == "RESULT" and s.result is not None:
-            r = s.result
-            title = OUTCOME_TITLES.get(r.outcome, r.outcome.upper())
-            details = [
-                x
-                for x in (r.masked_pan, f"auth {r.auth_code}" if r.auth_code else None, r.reason)
-                if x
-            ]
-            return f"{title}  " + "  ".join(details)
-        card = s.card.masked_pan if s.card and s.card.masked_pan else ""
-        return " ".join(x for x in (s.progress or "", card) if x)
+        if s is None or self.phase != "order":
+            return ""
+        if s.screen is Screen.WAITING_FOR_CONFIRM:
+            return DEFAULT_PROMPTS[s.screen]
+        return mask_digits(s.progress or DEFAULT_PROMPTS.get(s.screen, ""))
+
+    def in_progress(self) -> bool:
+        """Reading or authorizing: show the spinner."""
+        return self.phase == "order" and self.screen_name in (Screen.READING, Screen.AUTHORIZING)
+
+    def card_line(self) -> str:
+        card = self.screen.card if self.screen else None
+        if card is None or not card.masked_pan:
+            return ""
+        return " ".join(
+            x
+            for x in (card.brand, card.masked_pan, card.entry_mode and f"({card.entry_mode})")
+            if x
+        )
 
     def message(self) -> str:
-        return (self.screen.message or "") if self.screen else ""
+        return mask_digits(self.screen.message or "") if self.screen else ""
+
+    def result(self) -> bp.ResultInfo | None:
+        return self.screen.result if self.screen and self.phase == "result" else None
+
+    def result_title(self) -> str:
+        r = self.result()
+        return OUTCOME_TITLES.get(r.outcome, r.outcome.upper()) if r else ""
+
+    def result_lines(self) -> list[str]:
+        """The details under the result title."""
+        r = self.result()
+        if r is None:
+            return []
+        lines: list[str] = []
+        if r.outcome == "approved":
+            if r.auth_code:
+                lines.append(f"Auth code {mask_digits(r.auth_code)}")
+            if r.masked_pan:
+                lines.append(f"Card {r.masked_pan}")
+        else:
+            if r.reason:
+                lines.append(mask_digits(r.reason))
+            if r.masked_pan:
+                lines.append(f"Card {r.masked_pan}")
+            if r.outcome == "declined" and "another card" not in (r.reason or "").lower():
+                lines.append("Please try another card")
+        return lines
 
     def queue_line(self) -> str:
-        return f"{self.queue} more order(s) waiting" if self.queue else ""
+        if not self.agent_up or not self.queue:
+            return ""
+        return f"{self.queue} more order{'s' if self.queue > 1 else ''} waiting"

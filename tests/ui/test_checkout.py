@@ -1,147 +1,227 @@
-"""The checkout screen against a real BridgeServer with a scripted agent."""
+"""The checkout screen driven by Pilot against a real BridgeServer with a scripted agent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-
-import pytest
-from textual.widgets import Static
 
 from agent import bridge_protocol as bp
-from agent.bridge import BridgeServer
 from cloud.messages import Screen
+from tests.ui.conftest import ORDER, ScriptedAgent, make_app, screen_text, until
 from ui.app import CheckoutApp
-from ui.view import CheckoutView
+from ui.screens.checkout import CheckoutScreen
+from ui.widgets.amount import Amount
 
-NOW = 1_800_000_000_000
-ORDER = bp.OrderInfo(
-    trans_no="TR1",
-    merchant_order_no="A-1001",
-    amount="12.50",
-    currency="QAR",
-    description="2 coffees",
-    expires_at=NOW + 95_000,
-    confirm_required=True,
-)
+CARD = bp.CardInfo(masked_pan="476173******0010", brand="VISA", entry_mode="contactless")
 
 
-class ScriptedAgent:
-    def __init__(self, path: Path) -> None:
-        self.intents: list[bp.Intent] = []
-        self.server = BridgeServer(str(path), hello=self.hello, on_intent=self.on_intent)
-
-    def hello(self) -> bp.HelloEvent:
-        return bp.HelloEvent(
-            terminal=bp.TerminalInfo(sn="T0001", store_name="Demo Coffee"),
-            snapshot=self.server.snapshot(),
-        )
-
-    async def on_intent(self, intent: bp.Intent) -> dict[str, Any]:
-        self.intents.append(intent)
-        return {"accepted": True}
+def _shows(app: CheckoutApp, *texts: str) -> bool:
+    shown = screen_text(app)
+    return all(t in shown for t in texts)
 
 
-@pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[ScriptedAgent]:
-    a = ScriptedAgent(tmp_path / "agent.sock")
-    await a.server.start()
-    a.server.publish(bp.ConnectionEvent(mqtt="connected", gateway="ok"))
-    a.server.publish(bp.ReadersEvent(readers={"nfc": "ready"}))
-    yield a
-    await a.server.close()
-
-
-def _text(app: CheckoutApp, widget: str) -> str:
-    return str(app.query_one(f"#{widget}", Static).render())
-
-
-async def _until(pilot: Any, cond: Any) -> None:
-    for _ in range(200):
-        if cond():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("screen did not change")
-
-
-async def test_order_confirm_result_idle(agent: ScriptedAgent) -> None:
-    app = CheckoutApp(agent.server.path, clock=lambda: NOW)
+async def test_idle_shows_store_terminal_and_links(agent: ScriptedAgent) -> None:
+    agent.publish(bp.ReadersEvent(readers={"nfc": "ready", "qr": "offline"}))
+    app = make_app(agent.path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _until(pilot, lambda: "Demo Coffee" in _text(app, "status"))
-        assert "TMS connected" in _text(app, "status")
-        agent.server.publish(bp.ScreenEvent(screen=Screen.WAITING_FOR_CONFIRM, order=ORDER))
-        await _until(pilot, lambda: _text(app, "amount") == "12.50 QAR")
-        assert "A-1001" in _text(app, "order")
-        assert "expires in 1:35" in _text(app, "countdown")
-        await pilot.press("enter")
-        await _until(pilot, lambda: bool(agent.intents))
-        assert isinstance(agent.intents[0], bp.ConfirmIntent)
-        assert agent.intents[0].trans_no == "TR1"
-        agent.server.publish(
-            bp.ScreenEvent(
-                screen=Screen.RESULT,
-                order=ORDER,
-                result=bp.ResultInfo(
-                    outcome="approved", auth_code="123456", masked_pan="476173******0010"
-                ),
-            )
+        await until(pilot, lambda: _shows(app, "Reader qr", "F2 Setup"))
+        text = screen_text(app)
+        assert "Demo Coffee  [T0001]" in text
+        assert "terminal T0001" in text
+        assert "TMS (MQTT)    connected" in text
+        assert "Gateway       ok" in text
+        assert "Reader nfc    ready" in text
+        assert "Reader qr     offline" in text
+        assert "Confirm" not in text  # no order: Enter does nothing
+        await pilot.press("enter", "escape")
+        await pilot.pause(0.05)
+        assert agent.intents == []
+
+
+async def test_idle_says_why_a_link_is_down(agent: ScriptedAgent) -> None:
+    agent.publish(
+        bp.ConnectionEvent(
+            mqtt="disconnected",
+            mqtt_reason="connection refused",
+            gateway="unreachable",
+            gateway_reason="timed out",
         )
-        await _until(pilot, lambda: "APPROVED" in _text(app, "prompt"))
-        assert "476173******0010" in _text(app, "prompt")
-        assert "auth 123456" in _text(app, "prompt")
-        agent.server.publish(bp.ScreenEvent(screen=Screen.IDLE))
-        await _until(pilot, lambda: _text(app, "amount") == "")
-
-
-async def test_cancel_decline_queue(agent: ScriptedAgent) -> None:
-    app = CheckoutApp(agent.server.path, clock=lambda: NOW)
-    async with app.run_test(size=(120, 40)) as pilot:
-        agent.server.publish(bp.ScreenEvent(screen=Screen.WAITING_FOR_CARD, order=ORDER))
-        agent.server.publish(bp.QueueEvent(waiting=2))
-        await _until(pilot, lambda: "2 more order" in _text(app, "queue"))
-        await pilot.press("escape")
-        await _until(pilot, lambda: bool(agent.intents))
-        assert isinstance(agent.intents[0], bp.CancelIntent)
-        agent.server.publish(
-            bp.ScreenEvent(
-                screen=Screen.RESULT,
-                order=ORDER,
-                result=bp.ResultInfo(
-                    outcome="declined", reason="Insufficient funds - try another card"
-                ),
-            )
-        )
-        await _until(pilot, lambda: "DECLINED" in _text(app, "prompt"))
-        assert "try another card" in _text(app, "prompt")
-
-
-async def test_agent_lost_then_back(tmp_path: Path) -> None:
-    a = ScriptedAgent(tmp_path / "agent.sock")
-    app = CheckoutApp(str(tmp_path / "agent.sock"), clock=lambda: NOW)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await _until(pilot, lambda: "Agent not running" in _text(app, "status"))
-        await a.server.start()
-        try:
-            await _until(pilot, lambda: "Demo Coffee" in _text(app, "status"))
-        finally:
-            await a.server.close()
-
-
-def test_view_rules() -> None:
-    v = CheckoutView()
-    v.apply(
-        bp.ScreenEvent(screen=Screen.WAITING_FOR_CARD, order=ORDER, progress="Tap, swipe or scan")
     )
-    assert v.amount() == "12.50 QAR"
-    assert v.countdown(NOW + 94_500) == "expires in 0:00"
-    assert v.countdown(NOW) == "expires in 1:35"
-    assert v.prompt() == "Tap, swipe or scan"
-
-
-async def test_idle_hint_hidden_during_an_order(agent: ScriptedAgent) -> None:
-    app = CheckoutApp(agent.server.path, clock=lambda: NOW, hint="Push more: sadad-pos ...")
+    app = make_app(agent.path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _until(pilot, lambda: "Push more" in _text(app, "message"))
-        agent.server.publish(bp.ScreenEvent(screen=Screen.WAITING_FOR_CARD, order=ORDER))
-        await _until(pilot, lambda: _text(app, "message") == "")
+        await until(pilot, lambda: _shows(app, "TMS (MQTT)    disconnected  connection refused"))
+        assert _shows(app, "Gateway       unreachable  timed out", "TMS disconnected")
+
+
+async def test_sale_confirm_read_authorize_approve_then_idle(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: _shows(app, "Ready for the next order"))
+        agent.show(Screen.WAITING_FOR_CONFIRM, order=ORDER)
+        await until(pilot, lambda: _shows(app, "Order A-1001", "Enter/F1 Confirm"))
+        amount = app.screen.query_one("#amount", Amount)
+        assert (amount.amount, amount.currency) == ("1234.50", "QAR")
+        text = screen_text(app)
+        assert "QAR" in text
+        assert "2 coffees, 1 croissant" in text
+        assert "press Enter to confirm" in text
+        assert "Expires in 1:35" in text
+        assert "Enter/F1 Confirm" in text
+        assert "Esc/F4 Cancel" in text
+        assert "F2 Setup" not in text  # no setup during a payment
+
+        await pilot.press("enter")
+        await until(pilot, lambda: agent.intents, "the agent's intents")
+        assert isinstance(agent.intents[0], bp.ConfirmIntent)
+        assert agent.intents[0].trans_no == ORDER.trans_no
+
+        agent.show(Screen.WAITING_FOR_CARD, order=ORDER, progress="Tap, swipe or scan")
+        await until(pilot, lambda: _shows(app, "Tap, swipe or scan", "Wallet: scan the QR code"))
+        await until(pilot, lambda: "Enter/F1 Confirm" not in screen_text(app))
+
+        agent.show(Screen.READING, order=ORDER, progress="Reading card...", card=CARD)
+        await until(pilot, lambda: _shows(app, "] Reading card...", "VISA 476173******0010"))
+
+        agent.show(Screen.AUTHORIZING, order=ORDER, progress="Authorizing...", card=CARD)
+        await until(pilot, lambda: _shows(app, "] Authorizing..."))
+        await until(pilot, lambda: "Esc/F4 Cancel" not in screen_text(app))  # too late
+        assert "Expires in" not in screen_text(app)
+
+        agent.show(
+            Screen.RESULT,
+            order=ORDER,
+            result=bp.ResultInfo(
+                outcome="approved", auth_code="A1B2C3", masked_pan="476173******0010"
+            ),
+        )
+        await until(pilot, lambda: _shows(app, "APPROVED"))
+        assert _shows(app, "Auth code A1B2C3", "Card 476173******0010", "Order A-1001")
+
+        agent.show(Screen.IDLE)
+        await until(pilot, lambda: _shows(app, "Ready for the next order"))
+        assert [type(i) for i in agent.intents] == [bp.ConfirmIntent]
+
+
+async def test_cancel_by_escape_or_f4(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        agent.show(Screen.WAITING_FOR_CARD, order=ORDER, progress="Tap, swipe or scan")
+        await until(pilot, lambda: _shows(app, "Tap, swipe or scan"))
+        await pilot.press("escape")
+        await until(pilot, lambda: agent.intents, "the agent's intents")
+        await pilot.press("f4")
+        await until(pilot, lambda: len(agent.intents) == 2, "the agent's intents")
+        assert all(isinstance(i, bp.CancelIntent) for i in agent.intents)
+        assert {i.trans_no for i in agent.intents} == {ORDER.trans_no}  # type: ignore[union-attr]
+        await pilot.press("enter")  # not waiting for a confirm: nothing sent
+        agent.show(
+            Screen.RESULT,
+            order=ORDER,
+            result=bp.ResultInfo(outcome="cancelled", reason="Cancelled by the cashier"),
+        )
+        await until(pilot, lambda: _shows(app, "CANCELLED", "Cancelled by the cashier"))
+        assert len(agent.intents) == 2
+
+
+async def test_touch_buttons_send_the_same_intents(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        agent.show(Screen.WAITING_FOR_CONFIRM, order=ORDER)
+        await until(pilot, lambda: _shows(app, "Confirm  Enter"))
+        await pilot.click("#confirm")
+        await pilot.click("#cancel")
+        await until(pilot, lambda: len(agent.intents) == 2, "the agent's intents")
+        assert agent.names() == ["confirm", "cancel"]
+        assert app.focused is None  # the buttons never steal Enter
+
+
+async def test_queue_indicator_and_prominent_message(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        agent.show(
+            Screen.WAITING_FOR_CARD, order=ORDER, message="Card removed too soon - tap again"
+        )
+        agent.publish(bp.QueueEvent(waiting=2))
+        await until(pilot, lambda: _shows(app, "2 more orders waiting"))
+        assert "Card removed too soon - tap again" in screen_text(app)
+        agent.publish(bp.QueueEvent(waiting=1))
+        await until(pilot, lambda: _shows(app, "1 more order waiting"))
+        agent.publish(bp.QueueEvent(waiting=0))
+        await until(pilot, lambda: "waiting" not in screen_text(app))
+
+
+async def test_declined_shows_the_reason_and_another_card(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        agent.show(
+            Screen.RESULT,
+            order=ORDER,
+            result=bp.ResultInfo(outcome="declined", reason="Insufficient funds"),
+        )
+        await until(pilot, lambda: _shows(app, "DECLINED"))
+        assert _shows(app, "Insufficient funds", "Please try another card")
+
+
+async def test_refused_and_failed_intents_show_a_notification(agent: ScriptedAgent) -> None:
+    agent.replies["confirm"] = {"accepted": False, "reason": "that order is no longer on screen"}
+    agent.replies["cancel"] = RuntimeError("engine busy")
+    app = make_app(agent.path)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        agent.show(Screen.WAITING_FOR_CONFIRM, order=ORDER)
+        await until(pilot, lambda: _shows(app, "Order A-1001"))
+        await pilot.press("enter")
+        await until(pilot, lambda: _shows(app, "Confirm refused: that order is no longer"))
+        await pilot.press("escape")
+        await until(pilot, lambda: _shows(app, "Cancel failed: engine busy"))
+
+
+async def test_agent_lost_shows_reconnecting_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: _shows(app, "Agent not running - reconnecting"))
+        assert "not found" in screen_text(app)  # why, from the client
+        await pilot.press("enter", "escape")  # no crash, nothing to send
+
+        first = ScriptedAgent(path)
+        await first.start()
+        first.show(Screen.READING, order=ORDER, progress="Reading card...")
+        await until(pilot, lambda: _shows(app, "Reading card..."))
+        await first.server.close()
+        await until(pilot, lambda: _shows(app, "Agent not running - reconnecting", "offline"))
+
+        second = ScriptedAgent(path)
+        await second.start()
+        try:
+            await until(pilot, lambda: _shows(app, "Ready for the next order"))
+        finally:
+            await second.server.close()
+
+
+async def test_no_setup_during_a_payment(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        agent.show(Screen.WAITING_FOR_CARD, order=ORDER)
+        await until(pilot, lambda: _shows(app, "Order A-1001"))
+        await pilot.press("f2")
+        await pilot.pause(0.05)
+        assert isinstance(app.screen, CheckoutScreen)
+        assert "enter_setup" not in agent.names()
+
+
+async def test_ascii_mode_draws_with_ascii_only(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path, ascii_borders=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        agent.show(Screen.WAITING_FOR_CONFIRM, order=ORDER)
+        await until(pilot, lambda: _shows(app, "Order A-1001"))
+        text = screen_text(app)
+        assert "+-----" in text
+        assert "|_  | |" in text  # the big digits
+        assert all(ord(c) < 128 for c in text), {c for c in text if ord(c) >= 128}
+
+
+async def test_idle_hint(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path, hint="Push more: sadad-pos push --amount 9.99")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: _shows(app, "Push more: sadad-pos"))
+        agent.show(Screen.WAITING_FOR_CARD, order=ORDER)
+        await until(pilot, lambda: "Push more" not in screen_text(app))

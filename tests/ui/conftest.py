@@ -1,0 +1,179 @@
+"""The UI's simulated peer: the real ``BridgeServer`` driven by a scripted agent.
+
+``ScriptedAgent`` answers ``hello`` with a terminal and the server's
+snapshot, records every intent, and answers each from ``replies`` (a dict
+per intent name, or a callable, or an exception to raise), so tests publish
+ScreenEvents like the engine would and check what the UI sent back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import bridge_protocol as bp
+from agent.bridge import BridgeServer
+from cloud.messages import Screen
+from cloud.signing import generate_key_pem
+from ui.app import CheckoutApp
+from ui.bridge_client import BridgeClient
+
+NOW = 1_800_000_000_000  # the frozen clock (ms)
+
+ORDER = bp.OrderInfo(
+    trans_no="TR20250101000001",
+    merchant_order_no="A-1001",
+    amount="1234.50",
+    currency="QAR",
+    description="2 coffees, 1 croissant",
+    expires_at=NOW + 95_000,
+    confirm_required=True,
+)
+
+Reply = dict[str, Any] | Callable[[bp.Intent], dict[str, Any]] | Exception
+
+
+class ScriptedAgent:
+    """A BridgeServer on a Unix socket with a scripted agent behind it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.intents: list[bp.Intent] = []
+        self.replies: dict[str, Reply] = {}
+        self.server = BridgeServer(str(path), hello=self.hello, on_intent=self.on_intent)
+
+    def hello(self) -> bp.HelloEvent:
+        return bp.HelloEvent(
+            terminal=bp.TerminalInfo(sn="T0001", store_name="Demo Coffee"),
+            snapshot=self.server.snapshot(),
+        )
+
+    async def on_intent(self, intent: bp.Intent) -> dict[str, Any]:
+        self.intents.append(intent)
+        name = type(intent).__struct_config__.tag
+        reply = self.replies.get(str(name), {"accepted": True})
+        if isinstance(reply, Exception):
+            raise reply
+        return reply(intent) if callable(reply) else reply
+
+    def names(self) -> list[str]:
+        return [str(type(i).__struct_config__.tag) for i in self.intents]
+
+    def publish(self, event: Any) -> None:
+        self.server.publish(event)
+
+    def show(self, screen: Screen, **fields: Any) -> None:
+        self.publish(bp.ScreenEvent(screen=screen, **fields))
+
+    async def start(self, *, healthy: bool = True) -> None:
+        await self.server.start()
+        if healthy:
+            self.publish(bp.ConnectionEvent(mqtt="connected", gateway="ok"))
+            self.publish(bp.ReadersEvent(readers={"nfc": "ready", "qr": "ready"}))
+            self.show(Screen.IDLE)
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[ScriptedAgent]:
+    a = ScriptedAgent(tmp_path / "agent.sock")
+    await a.start()
+    yield a
+    await a.server.close()
+
+
+def make_app(
+    socket: Path, config: Path | None = None, *, clock: int = NOW, **kwargs: Any
+) -> CheckoutApp:
+    """The app with a fast-reconnecting client and a frozen clock."""
+    client = BridgeClient(str(socket), backoff_initial=0.02, backoff_max=0.1)
+    return CheckoutApp(
+        str(socket),
+        str(config or socket.with_name("agent.toml")),
+        client,
+        clock=lambda: clock,
+        **kwargs,
+    )
+
+
+async def until(pilot: Any, cond: Callable[[], object], what: str = "the screen") -> None:
+    """Wait (up to 4 s) for ``cond()``."""
+    for _ in range(200):
+        if cond():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"{what} did not change")
+
+
+def screen_text(app: CheckoutApp) -> str:
+    """What the terminal shows, as plain text."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+# ---------------------------------------------------------------- config files
+
+PIN = "246810"
+
+
+def write_config(directory: Path, *, pin: str | None = PIN) -> Path:
+    """An agent.toml like systemd/agent.toml.example (comments and all), with
+    real key files, TLS files and a technician PIN file beside it."""
+    private, public = generate_key_pem()
+    (directory / "terminal_private.pem").write_text(private)
+    (directory / "gateway_public.pem").write_text(public)
+    for name in ("ca.pem", "terminal.crt", "terminal.key"):
+        (directory / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    pin_line = '# technician_pin_file = "technician.pin"    # 4-12 digits'
+    if pin is not None:
+        (directory / "technician.pin").write_text(pin + "\n")
+        pin_line = 'technician_pin_file = "technician.pin"    # 4-12 digits'
+    text = CONFIG_TEMPLATE.replace("@PIN@", pin_line)
+    path = directory / "agent.toml"
+    path.write_text(text)
+    path.chmod(0o640)
+    return path
+
+
+CONFIG_TEMPLATE = """\
+# sadad-agent configuration (/etc/sadad-agent/agent.toml).
+#
+# Unknown keys are errors. Paths that are not absolute are relative to the
+# directory of this file.
+
+[terminal]
+sn = "T0001"                          # terminal serial number: the MQTT client id
+app_id = "T0001"                      # the app_id the gateway issued to this terminal
+store_name = "Demo Coffee"            # shown on the checkout screen
+private_key_file = "terminal_private.pem"   # RSA-2048; signs cashier calls and events
+@PIN@
+
+[mqtt]
+url = "mqtts://tms.example.com:8883"  # mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS, 8883)
+keepalive = 30                        # seconds, 5..3600; the broker sends the will
+                                      # ("offline") within 1.5 keepalives of a silent loss
+ca_file = "ca.pem"                    # TLS: CA that signed the broker's certificate
+# cert_file = "terminal.crt"          # TLS client certificate (one per terminal)
+# key_file = "terminal.key"           # its private key
+
+[gateway]
+url = "https://gateway.example.com"   # SadadSystem; cashier calls go to /api/cashier/entry
+public_key_file = "gateway_public.pem"   # verifies pushes and answers
+
+[journal]
+path = "/var/lib/sadad-agent/journal.db"
+
+[ui]
+socket = "/run/sadad-agent/agent.sock"   # the checkout screen connects here
+
+[readers]
+# NAME = "KIND:PORT[;key=value...]"; KIND is pn532, magstripe or scanner
+nfc = "pn532:/dev/sadad-nfc"          # the contactless reader
+qr = "scanner:/dev/sadad-qr"
+"""
+
+
+async def drain(seconds: float = 0.05) -> None:
+    await asyncio.sleep(seconds)

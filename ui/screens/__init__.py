@@ -1,0 +1,1 @@
+"""The app's screens: checkout (the default screen) and setup (a modal)."""

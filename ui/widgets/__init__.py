@@ -1,0 +1,1 @@
+"""The checkout and setup widgets, one per module."""
