@@ -204,6 +204,7 @@ class Engine:
                     self.current = _Current(tx)
                     self._idle.clear()
                     await self.trigger("resume")  # type: ignore[attr-defined]
+                    _raise_if_cancelling()
                     await self._idle.wait()
                 elif tx.expires_at <= _wall_ms():
                     self._finish_offline(tx, Phase.EXPIRED, "failed", reason="expired")
@@ -345,6 +346,7 @@ class Engine:
                 raise
             except Exception:
                 log.exception("engine: %s failed", kind)
+            _raise_if_cancelling()
 
     async def _handle(self, kind: str, arg: Any) -> None:
         cur = self.current
@@ -550,9 +552,11 @@ class Engine:
                 log.warning("detail %s: %s", tx.trans_no, exc)
             except CloudRejected as exc:
                 log.warning("detail %s refused: %s", tx.trans_no, exc)
-            if cur.resolving_rejected or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if cur.resolving_rejected or left <= 0:
                 break
-            await asyncio.sleep(self._jitter(delay))
+            # Never sleep past the deadline: the last detail is asked at it.
+            await asyncio.sleep(min(self._jitter(delay), left))
             delay = min(delay * 2, self.settings.retry_cap)
         await self._reverse(request_no)
 
@@ -886,6 +890,19 @@ class Engine:
 
     def screen_name(self) -> m.Screen:
         return self.view.screen
+
+
+def _raise_if_cancelling() -> None:
+    """Honour a cancellation that ``transitions`` swallowed.
+
+    ``AsyncMachine.process_context`` catches the CancelledError raised inside a
+    trigger's callbacks and returns False, so a task cancelled mid-transition
+    (``stop()`` while a payment is with the gateway, or during a reversal)
+    would carry on as if nothing happened and ``stop()`` would wait for it
+    forever. Call this after each outermost trigger returns."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _crash_point(step: str) -> None:

@@ -40,7 +40,7 @@ from cloud import messages as m
 from cloud.envelope import timestamp
 from cloud.errors import KeyLoadError
 from cloud.signing import load_private_key, load_public_key
-from drivers.base import ArmContext, CardRead, ReaderError, ReaderState
+from drivers.base import ArmContext, CardRead, EntryMode, ReaderError, ReaderState
 from drivers.registry import ManagedReader, create_reader
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,11 @@ class AgentService:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self._notify_status("resolving unfinished payments")
-        await self.engine.recover()
+        if not await self._recover_unless_stopped():
+            self.notifier.stopping("stopping")
+            log.info("agent stopping")
+            await self._shutdown()
+            return 0
         self.engine.start()
         self.link = self._build_link(cfg, self.engine)
         self.engine.set_event_publisher(self.link.publish_event)
@@ -161,6 +165,27 @@ class AgentService:
             reloader.cancel()
             await self._shutdown()
         return 0
+
+    async def _recover_unless_stopped(self) -> bool:
+        """``Engine.recover``, given up if SIGTERM/SIGINT comes first (it can take
+        long: a reversal is retried until the gateway acknowledges it). The
+        journal keeps the unresolved attempt and the next start resumes it.
+        Returns False when stopped."""
+        assert self.engine is not None
+        recovering = asyncio.create_task(self.engine.recover(), name="recover")
+        stopped = asyncio.create_task(self._stop.wait(), name="stop-requested")
+        try:
+            await asyncio.wait({recovering, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if recovering.done():
+            recovering.result()  # a failure stops the agent, as before
+            return True
+        log.warning("stopped while resolving unfinished payments: they resume at the next start")
+        recovering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recovering
+        return False
 
     async def _shutdown(self) -> None:
         if self.link is not None:
@@ -462,7 +487,12 @@ def _screen_event(view: ScreenView) -> bp.ScreenEvent:
 
 
 def _card_info(card: dict[str, str]) -> bp.CardInfo:
+    # A masked wallet code is not a masked PAN: show the brand only. Decide by
+    # the entry mode: an 18-digit code masked 4 + 10 + 4 also passes the
+    # masked-PAN shape, so a failed validation alone does not catch it.
+    if card.get("entry_mode") == EntryMode.WALLET.value:
+        return bp.CardInfo(brand=card.get("brand"), entry_mode=card.get("entry_mode"))
     try:
         return bp.CardInfo(**card)
-    except ValueError:  # a masked wallet code: show the brand only
+    except ValueError:  # not a masked PAN either: show the brand only
         return bp.CardInfo(brand=card.get("brand"), entry_mode=card.get("entry_mode"))
