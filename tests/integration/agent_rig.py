@@ -1,21 +1,31 @@
 """A terminal made of real processes for the agent's end-to-end tests.
 
-Simulated readers (``sadad-reader-sim`` on pseudo-terminals, driven through
-their stdin), the agent (``python -m agent.cli run``, stderr captured to a
-file so tests can scan it for card data), a bridge client that records the
-screens, and the POS side through ``cloud.pos.PosClient``.
+- ``Sim``: one ``sadad-reader-sim`` on a pseudo-terminal, driven through its
+  stdin (``present visa``, ``remove``, ``unplug``, ``replug``).
+- ``ScreenWatcher``: a ``ui.bridge_client.BridgeClient`` on the agent's
+  socket (in a thread of its own) recording every screen the checkout shows.
+- ``Terminal``: readers + ``python -m agent.cli run`` for one provisioned SN
+  (stderr captured to ``agent.log``, which the card-data test scans), the
+  POS side through ``cloud.pos.PosClient``, and the checks every test ends
+  with: ``settled`` (the POS, the journal, the gateway's charges and the
+  screen agree on a final outcome) and ``assert_all_settled``.
+
+Waits poll (``wait_until``) instead of sleeping: the sandbox database for the
+order's status, the journal (read-only) for the terminal's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -25,13 +35,39 @@ import tomlkit
 
 from agent import bridge_protocol as bp
 from cloud.config import load_config
-from cloud.messages import OrderInfo
+from cloud.messages import OnlineStatus, OrderInfo, TransStatus
 from cloud.pos import PosClient
 from tests.integration.conftest import REPO, SandboxHandle, wait_until
 from ui.bridge_client import BridgeClient
 
-PANS = ("4761739001010010", "5413330089010434")
-WALLET_CODE = "134567890123456789"
+# Card data the simulators hold: none of it may reach the agent's log or journal.
+SECRETS = (
+    "4761739001010010",  # Visa, contactless
+    "5413330089010434",  # MasterCard, contactless
+    "4761739001010119",  # Visa, magstripe
+    "5413330089020011",  # MasterCard, magstripe
+    "134567890123456789",  # WeChat Pay code
+    "=2812101",  # track 2 after the PAN (Visa swipe)
+    "=2812201",  # track 2 after the PAN (Visa chip card swiped)
+    "=2910101",  # track 2 after the PAN (MasterCard swipe)
+    "^TEST/CARD",  # track 1 name field
+)
+
+# The journal's final phase -> the POS's trans_status that must go with it.
+PHASE_STATUS = {
+    "APPROVED": TransStatus.COMPLETED,
+    "DECLINED": TransStatus.CLOSED,
+    "CLOSED": TransStatus.CLOSED,
+    "EXPIRED": TransStatus.CLOSED,
+    "CANCELLED": TransStatus.CANCELLED,
+}
+PHASE_OUTCOME = {
+    "APPROVED": "approved",
+    "DECLINED": "declined",
+    "CLOSED": "closed",
+    "EXPIRED": "expired",
+    "CANCELLED": "cancelled",
+}
 
 
 class Sim:
@@ -47,7 +83,14 @@ class Sim:
             stdout=self._log,
             stderr=self._log,
         )
-        wait_until(link.exists, timeout=15)
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"reader simulator {self.link.name} exited")
+            return self.link.exists()
+
+        wait_until(ready, timeout=15)
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -63,7 +106,8 @@ class Sim:
                 self.proc.kill()
                 self.proc.wait()
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         self._log.close()
 
 
@@ -73,24 +117,36 @@ class ScreenWatcher:
     def __init__(self, socket: Path) -> None:
         self.socket = socket
         self.screens: list[bp.ScreenEvent] = []
+        self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
         self._client: BridgeClient | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._main_task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="screen-watcher")
         self._thread.start()
+        if not self._started.wait(10):
+            raise AssertionError("bridge client did not start")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
+        self._main_task = self._loop.create_task(self._main())
+        self._loop.run_until_complete(self._main_task)
 
     async def _main(self) -> None:
         self._client = BridgeClient(str(self.socket))
         await self._client.connect()
+        self._started.set()
         try:
             async for event in self._client.events():
-                if isinstance(event, bp.HelloEvent) and event.snapshot.screen is not None:
-                    self.screens.append(event.snapshot.screen)
+                screen: bp.ScreenEvent | None = None
+                if isinstance(event, bp.HelloEvent):
+                    screen = event.snapshot.screen
                 elif isinstance(event, bp.ScreenEvent):
-                    self.screens.append(event)
+                    screen = event
+                if screen is not None:
+                    with self._cond:
+                        self.screens.append(screen)
+                        self._cond.notify_all()
         except asyncio.CancelledError:
             pass
         finally:
@@ -101,14 +157,78 @@ class ScreenWatcher:
         fut = asyncio.run_coroutine_threadsafe(self._client.request(name, **args), self._loop)
         return fut.result(timeout=15)
 
-    def outcomes(self) -> list[str]:
-        return [s.result.outcome for s in self.screens if s.result is not None]
+    def mark(self) -> int:
+        """A position in the screen history (for ``since``)."""
+        with self._cond:
+            return len(self.screens)
+
+    def since(self, mark: int) -> list[bp.ScreenEvent]:
+        with self._cond:
+            return list(self.screens[mark:])
+
+    def wait_for(
+        self, pred: Callable[[bp.ScreenEvent], bool], *, after: int = 0, timeout: float = 15.0
+    ) -> bp.ScreenEvent:
+        """The first screen at or after position ``after`` for which ``pred`` holds."""
+
+        def match() -> bp.ScreenEvent | None:
+            return next((s for s in self.screens[after:] if pred(s)), None)
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: match() is not None, timeout):
+                seen = [(s.screen.value, s.order and s.order.trans_no) for s in self.screens]
+                raise AssertionError(f"screen not shown within {timeout} s; saw {seen}")
+            found = match()
+            assert found is not None
+            return found
+
+    def wait_screen(
+        self, name: str, trans_no: str | None = None, *, after: int = 0, timeout: float = 15.0
+    ) -> bp.ScreenEvent:
+        """The first screen ``name`` (for order ``trans_no``) shown at or after ``after``."""
+
+        def pred(screen: bp.ScreenEvent) -> bool:
+            if screen.screen.value != name:
+                return False
+            return trans_no is None or (
+                screen.order is not None and screen.order.trans_no == trans_no
+            )
+
+        return self.wait_for(pred, after=after, timeout=timeout)
+
+    def results(self, trans_no: str) -> list[str]:
+        """Outcomes shown on the result screen for order ``trans_no``."""
+        with self._cond:
+            return [
+                s.result.outcome
+                for s in self.screens
+                if s.result is not None and s.order is not None and s.order.trans_no == trans_no
+            ]
 
     def close(self) -> None:
-        for task in asyncio.all_tasks(self._loop):
-            self._loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(timeout=5)
+        assert self._main_task is not None
+        self._loop.call_soon_threadsafe(self._main_task.cancel)
+        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            raise AssertionError("bridge client thread did not stop")
         self._loop.close()
+
+
+@dataclass(frozen=True)
+class Order:
+    merchant_order_no: str
+    trans_no: str
+    message_id: str
+    terminal_online: bool  # ``terminal_online_status`` in the create's answer
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A final order as the POS, the terminal and the gateway see it."""
+
+    info: OrderInfo
+    phase: str
+    charges: list[sqlite3.Row]
 
 
 @dataclass
@@ -118,33 +238,39 @@ class Terminal:
     sandbox: SandboxHandle
     sn: str
     workdir: Path
+    readers: tuple[str, ...] = ("nfc", "msr", "scan")
     nfc_args: tuple[str, ...] = ("--card", "visa")
     gateway_timeout: float = 2.0
     resolve_deadline: float = 5.0
     sims: dict[str, Sim] = field(default_factory=dict)
     agent: subprocess.Popen[bytes] | None = None
     watcher: ScreenWatcher | None = None
+    orders: list[Order] = field(default_factory=list)
     config: Path = field(init=False)
     pos: PosClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        links = {n: self.workdir / f"{n}.tty" for n in ("nfc", "msr", "scan")}
-        self.sims["nfc"] = Sim("nfc", links["nfc"], self.workdir / "nfc.log", *self.nfc_args)
-        self.sims["msr"] = Sim(
-            "magstripe", links["msr"], self.workdir / "msr.log", "--card", "visa"
-        )
-        self.sims["scan"] = Sim(
-            "scanner", links["scan"], self.workdir / "scan.log", "--model", "honeywell"
-        )
-        self.config = self.sandbox.provision(
-            self.sn,
-            {
-                "nfc": f"pn532:{links['nfc']}",
-                "msr": f"magstripe:{links['msr']}",
-                "scan": f"scanner:{links['scan']};model=honeywell",
-            },
-        )
+        kinds = {
+            "nfc": ("nfc", "pn532:{}", self.nfc_args),
+            "msr": ("magstripe", "magstripe:{}", ()),
+            "scan": ("scanner", "scanner:{};model=honeywell", ("--model", "honeywell")),
+        }
+        specs = {}
+        # Start the simulators together (each is a Python start-up), then wait.
+        for name in self.readers:
+            kind, spec, args = kinds[name]
+            link = self.workdir / f"{name}.tty"
+            self.sims[name] = Sim(kind, link, self.workdir / f"{name}.log", *args)
+            specs[name] = spec.format(link)
+        try:
+            self.config = self.sandbox.provision(self.sn, specs)
+            for sim in self.sims.values():
+                sim.wait_ready()
+        except BaseException:
+            for sim in self.sims.values():
+                sim.stop()
+            raise
         doc = tomlkit.parse(self.config.read_text())
         gateway = doc["gateway"]
         assert isinstance(gateway, tomlkit.items.Table)
@@ -152,6 +278,8 @@ class Terminal:
         gateway["resolve_deadline"] = self.resolve_deadline
         self.config.write_text(tomlkit.dumps(doc))
         self.pos = PosClient(load_config(self.sandbox.pos_config))
+
+    # ------------------------------------------------------------ paths
 
     @property
     def socket(self) -> Path:
@@ -165,83 +293,240 @@ class Terminal:
     def log_path(self) -> Path:
         return self.workdir / "agent.log"
 
-    def start_agent(self, *, watch: bool = True, crash_at: str | None = None) -> None:
-        """Run the agent; ``crash_at`` makes it SIGKILL itself at that step."""
-        before = self.log_path.read_text().count("ready (") if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
+    def log_text(self) -> str:
+        return self.log_path.read_text("utf-8", errors="replace") if self.log_path.exists() else ""
+
+    # ------------------------------------------------------------ the agent process
+
+    def start_agent(
+        self, *, watch: bool = True, crash_at: str | None = None, ready: bool = True
+    ) -> None:
+        """Run the agent until it says ready (``ready=False``: just start it);
+        ``crash_at`` makes it SIGKILL itself at that step
+        (``agent.engine._crash_point``)."""
+        said_ready = f"agent {self.sn} ready ("
+        before = self.log_text().count(said_ready)
         env = dict(os.environ)
         env.pop("SADAD_AGENT_CRASH_AT", None)
         if crash_at:
             env["SADAD_AGENT_CRASH_AT"] = crash_at
-        self.agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.agent = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
         agent = self.agent
+        if not ready:
+            return
 
-        def ready() -> bool:
+        def said_so() -> bool:
             if agent.poll() is not None:
-                raise AssertionError(f"agent exited: {self.log_path.read_text()[-2000:]}")
-            return self.log_path.read_text().count("ready (") > before
+                raise AssertionError(f"agent exited {agent.returncode}:\n{self.log_text()[-3000:]}")
+            return self.log_text().count(said_ready) > before
 
-        wait_until(ready, timeout=20)
+        wait_until(said_so, timeout=30)
         if watch and self.watcher is None:
             self.watcher = ScreenWatcher(self.socket)
 
+    def _drop_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+
     def kill_agent(self) -> None:
+        """SIGKILL, as a power cut would."""
         assert self.agent is not None
         if self.agent.poll() is None:
             self.agent.send_signal(signal.SIGKILL)
         self.agent.wait(timeout=10)
         self.agent = None
-        if self.watcher is not None:
-            self.watcher.close()
-            self.watcher = None
+        self._drop_watcher()
 
-    def stop_agent(self) -> int:
+    def wait_agent_died(self, timeout: float = 20.0) -> int:
+        """The agent ended by itself (a crash point); returns its exit status."""
         assert self.agent is not None
-        self.agent.terminate()
-        code = self.agent.wait(timeout=20)
+        code = self.agent.wait(timeout=timeout)
         self.agent = None
+        self._drop_watcher()
         return code
 
-    def push(self, amount: str = "12.30", **fields: Any) -> str:
+    def stop_agent(self) -> int:
+        """SIGTERM: the clean stop (the MQTT session is kept)."""
+        assert self.agent is not None
+        self.agent.terminate()
+        code = self.agent.wait(timeout=30)
+        self.agent = None
+        self._drop_watcher()
+        return code
+
+    @property
+    def screens(self) -> ScreenWatcher:
+        assert self.watcher is not None, "no bridge client: is the agent running?"
+        return self.watcher
+
+    def present(self, sim: str, command: str, order: Order) -> bp.ScreenEvent:
+        """Present a card or code until the checkout reads it for ``order``."""
+
+        def reading(screen: bp.ScreenEvent) -> bool:
+            return screen.screen.value == "READING" and (
+                screen.order is not None and screen.order.trans_no == order.trans_no
+            )
+
+        return self.present_until(sim, command, reading)
+
+    def present_until(
+        self, sim: str, command: str, shown: Callable[[bp.ScreenEvent], bool]
+    ) -> bp.ScreenEvent:
+        """Send ``command`` to reader ``sim`` until the checkout shows a screen for
+        which ``shown`` holds; returns that screen.
+
+        A tap waits in the field until the reader polls, but a swipe or a scan
+        made before the driver armed its reader is discarded (as on the real
+        devices), so those are repeated, as a customer would."""
+        once = sim == "nfc"
+        for _ in range(30):
+            mark = self.screens.mark()
+            self.sims[sim].send(command)
+            try:
+                return self.screens.wait_for(shown, after=mark, timeout=15 if once else 0.5)
+            except AssertionError:
+                if once:
+                    raise
+        raise AssertionError(f"{sim}: {command!r} never took effect")
+
+    # ------------------------------------------------------------ the POS side
+
+    def push(self, amount: str = "12.30", **fields: Any) -> Order:
+        """``wisehub.cloud.pay.order`` to this terminal (QAR)."""
         order_no: str = fields.pop("merchant_order_no", "O" + uuid.uuid4().hex[:12])
-        self.pos.push_order(
+        result = self.pos.push_order(
             terminal_sn=self.sn,
             merchant_order_no=order_no,
             price_currency="QAR",
             order_amount=Decimal(amount),
             **fields,
         )
-        return order_no
+        online = result.terminal_online_status is OnlineStatus.ONLINE
+        order = Order(order_no, result.trans_no, result.message_id, online)
+        self.orders.append(order)
+        return order
 
-    def final(self, order_no: str, timeout: float = 30.0) -> OrderInfo:
-        return self.pos.wait_for_final(order_no, deadline_s=timeout)
+    def gateway_status(self, order: Order) -> int:
+        return self.gateway_status_of(order.trans_no)
 
-    def journal_phase(self, trans_no: str) -> str | None:
-        import sqlite3
+    def gateway_status_of(self, trans_no: str) -> int:
+        """``trans_status`` in the sandbox's database (readable while it is down)."""
+        (row,) = self.sandbox.query("SELECT trans_status FROM orders WHERE trans_no=?", trans_no)
+        return int(row["trans_status"])
 
-        db = sqlite3.connect(f"file:{self.journal_path}?mode=ro", uri=True)
+    def wait_gateway_final(self, order: Order, timeout: float = 30.0) -> int:
+        def final() -> int | None:
+            status = self.gateway_status(order)
+            return status if status in (1, 2, 3) else None
+
+        return int(wait_until(final, timeout=timeout, interval=0.05))
+
+    # ------------------------------------------------------------ the terminal's journal
+
+    def journal_row(self, trans_no: str) -> dict[str, Any] | None:
+        """The journal's row for ``trans_no`` (read-only, beside the running agent)."""
+        db = sqlite3.connect(f"file:{self.journal_path}?mode=ro", uri=True, timeout=10)
         try:
-            row = db.execute(
-                "SELECT phase FROM transactions WHERE trans_no=?", (trans_no,)
-            ).fetchone()
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM transactions WHERE trans_no=?", (trans_no,)).fetchone()
         finally:
             db.close()
-        return None if row is None else str(row[0])
+        return None if row is None else dict(row)
 
-    def charges(self, trans_no: str) -> list[Any]:
-        return self.sandbox.query("SELECT * FROM charges WHERE trans_no=? AND reversed=0", trans_no)
+    def journal_count(self, sql: str, *args: Any) -> int:
+        db = sqlite3.connect(f"file:{self.journal_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return int(db.execute(sql, args).fetchone()[0])
+        finally:
+            db.close()
+
+    def journal_phase(self, trans_no: str) -> str | None:
+        row = self.journal_row(trans_no)
+        return None if row is None else str(row["phase"])
+
+    def wait_journal_final(self, trans_no: str, timeout: float = 30.0) -> str:
+        def final() -> str | None:
+            row = self.journal_row(trans_no)
+            return str(row["phase"]) if row is not None and row["final"] else None
+
+        return str(wait_until(final, timeout=timeout, interval=0.05))
+
+    # ------------------------------------------------------------ the gateway's books
+
+    def charges(self, trans_no: str) -> list[sqlite3.Row]:
+        """Every acquirer approval for ``trans_no``, reversed or not."""
+        return self.sandbox.query("SELECT * FROM charges WHERE trans_no=?", trans_no)
+
+    def events(self, **where: str) -> list[sqlite3.Row]:
+        """Verified terminal events the gateway received from this terminal."""
+        sql = "SELECT * FROM events WHERE terminal_sn=?"
+        args: list[Any] = [self.sn]
+        for key, value in where.items():
+            sql += f" AND {key}=?"
+            args.append(value)
+        return self.sandbox.query(sql + " ORDER BY id", *args)
+
+    # ------------------------------------------------------------ the end of every test
+
+    def settled(self, order: Order, timeout: float = 30.0) -> Settled:
+        """Wait until ``order`` is final at the gateway and in the journal; check
+        that ``order.query`` says the same as the journal, that the gateway
+        charged at most once (and kept a charge only for a paid order), and
+        that the checkout showed the journal's outcome (when a bridge client
+        watched)."""
+        self.wait_gateway_final(order, timeout)
+        phase = self.wait_journal_final(order.trans_no, timeout)
+        info = self.pos.query_order(order.merchant_order_no)
+        assert info.trans_status is PHASE_STATUS[phase], (order, phase, info.trans_status)
+        charges = self.charges(order.trans_no)
+        assert len(charges) <= 1, f"charged {len(charges)} times: {order}"
+        kept = [c for c in charges if not c["reversed"]]
+        if info.trans_status is TransStatus.COMPLETED:
+            assert len(kept) == 1, order
+            assert Decimal(kept[0]["amount"]) == info.trans_amount
+        else:
+            assert kept == [], f"{order} is {info.trans_status} but a charge stands"
+        if self.watcher is not None:  # what the checkout showed, if it saw the end
+            assert set(self.watcher.results(order.trans_no)) <= {PHASE_OUTCOME[phase]}
+        return Settled(info, phase, charges)
+
+    def assert_all_settled(self) -> None:
+        """Every order this test pushed is final and consistent; the gateway saw
+        no terminal event or call that contradicts a final status."""
+        for order in self.orders:
+            self.settled(order)
+        alarms = [
+            line
+            for line in self.sandbox.stderr_text().splitlines()
+            if "!!!" in line and self.sn in line
+        ]
+        assert alarms == []
+
+    def wait_outcome(self, order: Order, outcome: str, timeout: float = 15.0) -> None:
+        """The checkout showed ``outcome`` for ``order`` (and nothing else)."""
+        wait_until(lambda: self.screens.results(order.trans_no), timeout=timeout)
+        assert set(self.screens.results(order.trans_no)) == {outcome}
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        """Back to IDLE (after the result has been shown ``RESULT_SECONDS``)."""
+        wait_until(
+            lambda: self.screens.screens and self.screens.screens[-1].screen.value == "IDLE",
+            timeout=timeout,
+        )
+
+    # ------------------------------------------------------------ teardown
 
     def close(self) -> None:
-        if self.watcher is not None:
-            self.watcher.close()
+        self._drop_watcher()
         if self.agent is not None and self.agent.poll() is None:
             self.agent.terminate()
             try:
@@ -254,26 +539,27 @@ class Terminal:
         self.pos.close()
 
 
+@contextlib.contextmanager
+def running_terminal(
+    sandbox: SandboxHandle, prefix: str, workdir: Path, **options: Any
+) -> Iterator[Terminal]:
+    """A new terminal (unique SN starting with ``prefix``) with its agent running."""
+    term = Terminal(sandbox, prefix + uuid.uuid4().hex[:10].upper(), workdir, **options)
+    try:
+        term.start_agent()
+        yield term
+    finally:
+        term.close()
+
+
 def scan_for_card_data(*paths: Path) -> list[str]:
-    """Full PANs, track 2 or the wallet code found in raw bytes of ``paths``."""
+    """Which ``SECRETS`` occur in the raw bytes of ``paths`` (file: first digits)."""
     found = []
     for path in paths:
         if not path.exists():
             continue
         data = path.read_bytes()
-        for secret in (*PANS, WALLET_CODE):
+        for secret in SECRETS:
             if secret.encode() in data:
-                found.append(f"{path.name}: {secret[:6]}...")
+                found.append(f"{path.name}: {secret[:7]}...")
     return found
-
-
-def wait_agent_idle(term: Terminal, timeout: float = 10.0) -> None:
-    def idle() -> bool:
-        w = term.watcher
-        return bool(w and w.screens and w.screens[-1].screen.value == "IDLE")
-
-    wait_until(idle, timeout=timeout)
-
-
-def settle(seconds: float) -> None:
-    time.sleep(seconds)
