@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= demo-data
 
-.PHONY: all venv deps mosquitto systemd-analyze test test-slow check demo bench install clean
+.PHONY: all venv deps mosquitto systemd-analyze test test-slow check demo bench install uninstall clean
 
 all: check test
 
@@ -61,7 +61,11 @@ bench: deps
 
 # On a terminal (as root): venv under /opt, user, units, udev rules, example config.
 install:
-	bash systemd/install.sh
+	bash systemd/install.sh $(if $(DESTDIR),--destdir $(DESTDIR) --no-venv)
+
+# Removes units, rules and the venv; keeps config and journal unless PURGE=1.
+uninstall:
+	bash systemd/uninstall.sh $(if $(DESTDIR),--destdir $(DESTDIR)) $(if $(PURGE),--purge)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(DEMO_DATA)

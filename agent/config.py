@@ -722,7 +722,7 @@ socket = "/run/sadad-agent/agent.sock"   # the checkout screen connects here
 # NAME = "KIND:PORT[;key=value...]"; KIND is pn532, magstripe or scanner
 nfc = "pn532:/dev/sadad-nfc"
 # card = "magstripe:/dev/sadad-msr;baud=9600"
-# qr = "scanner:/dev/sadad-qr"
+# qr = "scanner:/dev/sadad-scanner"
 """
 
 
