@@ -784,22 +784,36 @@ class Engine:
 
     # ================================================================ outbox
 
+    def wake_outbox(self) -> None:
+        """Retry the outbox now (the MQTT link just came up): without this a
+        queued event would wait out the drainer's backoff."""
+        self._outbox_wake.set()
+
     async def _drain_outbox(self) -> None:
         delay = self.settings.retry_base
         while True:
             self._outbox_wake.clear()
             progress = True
+            # Two channels, each kept in order: MQTT events and gateway cancels.
+            # One that is down must not hold the other (a cancel waiting behind
+            # events while the broker is away would let the order expire).
+            blocked: set[str] = set()
             for row in self.journal.pending_events():
+                channel = "gateway" if row.kind.startswith("gw:") else "mqtt"
+                if channel in blocked:
+                    continue
                 try:
                     await self._deliver(row.kind, row.message_id, row.trans_no, row.reason)
                 except (LinkError, CloudUnavailable, OSError) as exc:
                     log.info("outbox: %s for %s waits (%s)", row.kind, row.trans_no, exc)
                     progress = False
-                    break
+                    blocked.add(channel)
+                    continue
                 except Exception:
                     log.exception("outbox: %s for %s failed", row.kind, row.trans_no)
                     progress = False
-                    break
+                    blocked.add(channel)
+                    continue
                 self.journal.event_sent(row.id)
             if progress:
                 delay = self.settings.retry_base

@@ -337,6 +337,8 @@ class AgentService:
         }.get(state, "disconnected")
         self.health.mqtt_reason = reason
         log.info("mqtt: %s (%s)", state.value, reason)
+        if state is ConnectionState.CONNECTED and self.engine is not None:
+            self.engine.wake_outbox()
         if self.bridge is not None:
             self.bridge.publish(self._connection_event())
         self._notify_status()

@@ -70,8 +70,8 @@ def _settings(**over: float) -> EngineSettings:
         gateway_public_key=GW_PUBLIC,
         result_seconds=over.get("result_seconds", 0.05),
         resolve_deadline=over.get("resolve_deadline", 0.3),
-        retry_base=0.01,
-        retry_cap=0.05,
+        retry_base=over.get("retry_base", 0.01),
+        retry_cap=over.get("retry_cap", 0.05),
     )
 
 
@@ -209,6 +209,25 @@ async def test_cashier_cancel_cancels_at_gateway(rig: Rig) -> None:
     assert rig.phase("TR4") is Phase.CANCELLED
     await until(lambda: rig.gateway.status.get("TR4") is m.TransStatus.CANCELLED)
     assert rig.nfc.armed is None
+
+
+async def test_cancel_reaches_gateway_while_link_is_down(tmp_path: Path) -> None:
+    """The outbox keeps two channels: events waiting for the broker do not hold
+    the gateway cancel back, and the link coming up drains them at once."""
+    r = await _make(tmp_path / "j.db", SimGateway(), retry_base=30, retry_cap=60)
+    try:
+        r.sink.up = False
+        await r.engine.handle_push(push_order("TR9"))
+        await until(lambda: r.nfc.armed is not None)
+        assert (await r.engine.handle_intent("cancel"))["accepted"]
+        await until(lambda: r.gateway.status.get("TR9") is m.TransStatus.CANCELLED)
+        assert r.sink.kinds("TR9") == []
+        r.sink.up = True
+        r.engine.wake_outbox()  # what the service does when the link connects
+        await until(lambda: r.sink.kinds("TR9") == ["received", "displayed", "cancelled"])
+    finally:
+        await r.engine.stop()
+        r.journal.close()
 
 
 async def test_confirm_on_terminal(rig: Rig) -> None:
