@@ -6,6 +6,12 @@ the texts the widgets display. The rules - which panel is up, the amount
 with thousands separators, the countdown, the result wording, which keys
 work - are tested here without a terminal.
 
+States never regress (``cloud.status_rules``): an event whose ``seq`` is not
+above the last one applied on the connection is late and dropped, and once
+an order's result was shown, no screen moves that order back or to another
+result (``screen_verdict``; refused ones are logged). A ``hello`` starts a
+connection afresh: its snapshot is the agent's state now.
+
 Card data: everything shown comes from the bridge, which carries masked
 PANs only; ``mask_digits`` is a second guard applied to every free-text
 field from the agent (progress, message, reason, test results), so a long
@@ -14,13 +20,17 @@ run of digits never reaches the screen in full.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from agent import bridge_protocol as bp
 from cloud.messages import Screen
+from cloud.status_rules import Ladder, Verdict
 from ui.bridge_client import AgentLost
+
+log = logging.getLogger(__name__)
 
 Phase = Literal["connecting", "lost", "idle", "order", "result"]
 
@@ -43,6 +53,14 @@ DEFAULT_PROMPTS = {
     Screen.READING: "Reading card...",
     Screen.AUTHORIZING: "Authorizing...",
 }
+
+# One order on the checkout (``cloud.status_rules``): its order screens in the
+# agent's order (a card read may be retried, so they share a step), then one
+# result for good.
+ORDER_ON_SCREEN: Ladder[str] = Ladder(
+    steps=(frozenset(str(s) for s in ORDER_SCREENS),), finals=frozenset(OUTCOME_TITLES)
+)
+_SETTLED_KEPT = 64  # orders whose result is remembered (oldest forgotten first)
 
 MQTT_LABELS = {
     "connected": "connected",
@@ -88,6 +106,19 @@ def methods_text(methods: tuple[str, ...]) -> str:
     return "Accepted   " + "   |   ".join(shown) if shown else ""
 
 
+def screen_verdict(settled: str | None, event: bp.ScreenEvent) -> Verdict:
+    """What ``event`` does to the order it shows, given the outcome already
+    shown for that order (None: none yet). An event without an order, or
+    showing none of its states, moves nothing back: MOVE."""
+    if event.order is None:
+        return Verdict.MOVE
+    if event.screen is Screen.RESULT and event.result is not None:
+        return ORDER_ON_SCREEN.judge(settled, event.result.outcome)
+    if event.screen in ORDER_SCREENS:
+        return ORDER_ON_SCREEN.judge(settled, str(event.screen))
+    return Verdict.MOVE
+
+
 def spinner_frame(now_ms: int) -> str:
     """An ASCII spinner frame (console fonts have these glyphs)."""
     return "|/-\\"[(now_ms // 125) % 4]
@@ -109,6 +140,10 @@ class CheckoutView:
     readers: dict[str, str] = field(default_factory=dict)
     queue: int = 0
     screen: bp.ScreenEvent | None = None
+    # States never regress: the last ``seq`` applied on this connection, and
+    # the outcome shown for each recent order (trans_no -> outcome).
+    last_seq: int = 0
+    settled: dict[str, str] = field(default_factory=dict)
 
     def apply(self, event: bp.Event | AgentLost) -> None:
         if isinstance(event, AgentLost):
@@ -117,17 +152,30 @@ class CheckoutView:
             return
         if isinstance(event, bp.Reply):
             return
+        if isinstance(event, bp.HelloEvent):
+            # A new connection: its snapshot is the agent's state now, as a
+            # restarted UI would take it; the rules start again from it.
+            self.last_seq = event.seq
+            self.settled.clear()
+        elif event.seq and event.seq <= self.last_seq:
+            kind = type(event).__name__
+            log.warning("late %s (seq %d after %d) dropped", kind, event.seq, self.last_seq)
+            return
+        self.last_seq = max(self.last_seq, event.seq)
         self.agent_up = True
         self.ever_connected = True
+        self._take(event)
+
+    def _take(self, event: bp.Event) -> None:
         if isinstance(event, bp.HelloEvent):
             self.store, self.sn = event.terminal.store_name, event.terminal.sn
             snap = event.snapshot
-            self.screen = snap.screen
+            self._show(snap.screen)
             for part in (snap.connection, snap.readers, snap.queue):
                 if part is not None:
-                    self.apply(part)
+                    self._take(part)
         elif isinstance(event, bp.ScreenEvent):
-            self.screen = event
+            self._show(event)
         elif isinstance(event, bp.ConnectionEvent):
             self.mqtt, self.mqtt_reason = event.mqtt, event.mqtt_reason
             self.gateway, self.gateway_reason = event.gateway, event.gateway_reason
@@ -135,6 +183,32 @@ class CheckoutView:
             self.readers = dict(event.readers)
         elif isinstance(event, bp.QueueEvent):
             self.queue = event.waiting
+
+    def _show(self, event: bp.ScreenEvent | None) -> None:
+        """Take ``event`` as the screen unless it would move its order's
+        result back or to another one (``screen_verdict``)."""
+        if event is None or event.order is None:
+            self.screen = event
+            return
+        trans_no = event.order.trans_no
+        settled = self.settled.get(trans_no)
+        verdict = screen_verdict(settled, event)
+        if verdict in (Verdict.STALE, Verdict.CONFLICT):
+            shown = event.result.outcome if event.result is not None else str(event.screen)
+            log.log(
+                logging.ERROR if verdict is Verdict.CONFLICT else logging.WARNING,
+                "%s: order %s was shown %s; refusing to show %s",
+                verdict.name,
+                trans_no,
+                settled,
+                shown,
+            )
+            return
+        self.screen = event
+        if settled is None and event.result is not None and event.screen is Screen.RESULT:
+            self.settled[trans_no] = event.result.outcome
+            while len(self.settled) > _SETTLED_KEPT:
+                del self.settled[next(iter(self.settled))]
 
     # ------------------------------------------------------------ state
 
