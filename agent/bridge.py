@@ -20,6 +20,10 @@ Contract (DESIGN.md "Processes"; the messages and framing are in
   ``reply`` carrying its ``id``: the dict returned, or ``ok: false`` with
   the exception's text. A line that does not decode gets ``ok: false,
   error: "bad line: ..."``; the connection stays.
+* Inside ``on_intent``, ``intent_client()`` names the client that sent the
+  intent; ``on_disconnect`` is called with that name once the client is gone
+  (it hung up, was killed, was dropped, or the server closed), so state a UI
+  set for itself (setup) can end with it.
 * ``close()`` drops every client and removes the socket file (if it is
   still ours).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -53,7 +58,7 @@ from agent.bridge_protocol import (
     encode_line,
 )
 
-__all__ = ["BridgeServer"]
+__all__ = ["BridgeServer", "intent_client"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,14 @@ SE = TypeVar("SE", ScreenEvent, ConnectionEvent, ReadersEvent, QueueEvent)
 DEFAULT_QUEUE = 256  # lines waiting for one client before it is dropped
 MAX_PENDING_INTENTS = 32  # per client
 _READ_CHUNK = 64 * 1024
+
+# Set in each intent's own task, so it never leaks to another intent.
+_intent_client: contextvars.ContextVar[str] = contextvars.ContextVar("bridge_intent_client")
+
+
+def intent_client() -> str | None:
+    """Inside ``on_intent``: the name of the client that sent the intent."""
+    return _intent_client.get(None)
 
 
 class _Client:
@@ -100,6 +113,7 @@ class _Client:
         for task in self.tasks:
             if task is not current:
                 task.cancel()
+        self.server._client_gone(self.name)
 
     async def write_loop(self) -> None:
         try:
@@ -137,6 +151,7 @@ class _Client:
         task.add_done_callback(self.tasks.discard)
 
     async def run_intent(self, intent: Intent) -> None:
+        _intent_client.set(self.name)
         try:
             data = await self.server._on_intent(intent)
         except Exception as exc:
@@ -170,7 +185,8 @@ class BridgeServer:
 
     ``hello`` builds the greeting for a new connection (its ``seq`` is set
     here); ``snapshot()`` gives the last published state of each kind, to
-    put in it. ``on_intent`` answers one intent with the reply's ``data``.
+    put in it. ``on_intent`` answers one intent with the reply's ``data``;
+    ``on_disconnect`` hears the name of each client that goes.
     """
 
     def __init__(
@@ -179,6 +195,7 @@ class BridgeServer:
         *,
         hello: Callable[[], HelloEvent],
         on_intent: Callable[[Intent], Awaitable[dict[str, Any]]],
+        on_disconnect: Callable[[str], None] | None = None,
         queue_size: int = DEFAULT_QUEUE,
         mode: int = 0o660,
     ) -> None:
@@ -187,6 +204,7 @@ class BridgeServer:
         self.mode = mode
         self._hello = hello
         self._on_intent = on_intent
+        self._on_disconnect = on_disconnect
         self._clients: set[_Client] = set()
         self._server: asyncio.Server | None = None
         self._inode: tuple[int, int] | None = None
@@ -205,6 +223,14 @@ class BridgeServer:
     def snapshot(self) -> Snapshot:
         """The last published event of each kind (None: never published)."""
         return self._snapshot
+
+    def _client_gone(self, name: str) -> None:
+        log.info("bridge: %s disconnected (%d left)", name, len(self._clients))
+        if self._on_disconnect is not None:
+            try:
+                self._on_disconnect(name)
+            except Exception:
+                log.exception("bridge: on_disconnect failed for %s", name)
 
     def _stamp(self, event: E) -> E:
         self._seq += 1

@@ -191,6 +191,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_journal(args: argparse.Namespace) -> int:
     from agent.config import ConfigError as AgentConfigError
     from agent.journal import Journal, JournalError
+    from cloud.timeline import hop_lines
 
     try:
         cfg = _load(args)
@@ -208,13 +209,8 @@ def _cmd_journal(args: argparse.Namespace) -> int:
                 f"{row.trans_no}  {row.merchant_order_no}  {row.trans_amount} {row.currency}  "
                 f"{row.phase.value}  {row.masked_pan or ''}  {row.reason or ''}".rstrip()
             )
-            hops = journal.hops(row.trans_no)
-            first = prev = None
-            for name, at in sorted(hops.items(), key=lambda kv: kv[1]):
-                first = at if first is None else first
-                gap = "" if prev is None else f"+{at - prev} ms"
-                print(f"  {name:<20} {at - first:>8} ms  {gap}")
-                prev = at
+            for line in hop_lines(journal.hops(row.trans_no)):
+                print(line)
             return 0
         rows = journal.recent(args.limit)
         if not rows:

@@ -150,6 +150,7 @@ class JournalConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class UiConfig(msgspec.Struct, frozen=True, kw_only=True):
     socket: Path = DEFAULT_SOCKET
+    result_seconds: float = 4.0  # agent.states.RESULT_SECONDS
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -389,7 +390,10 @@ _SECTIONS: dict[str, tuple[_Key, ...]] = {
         _key("path", _path("the path of the journal database")),
         _key("keep_days", _integer(1, 3650)),
     ),
-    "ui": (_key("socket", _path("the path of the UI socket")),),
+    "ui": (
+        _key("socket", _path("the path of the UI socket")),
+        _key("result_seconds", _seconds(0.1, 60)),
+    ),
 }
 _REQUIRED_SECTIONS = ("terminal", "mqtt", "gateway")
 _ALL_SECTIONS = (*_SECTIONS, "readers")
@@ -717,6 +721,8 @@ path = "/var/lib/sadad-agent/journal.db"
 
 [ui]
 socket = "/run/sadad-agent/agent.sock"   # the checkout screen connects here
+# result_seconds = 4.0                # how long a result stays on screen before the
+                                      # next order, 0.1..60 (a restart applies it)
 
 [readers]
 # NAME = "KIND:PORT[;key=value...]"; KIND is pn532, magstripe or scanner

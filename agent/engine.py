@@ -47,6 +47,7 @@ from cloud import envelope, money, wirejson
 from cloud import messages as m
 from cloud.errors import CloudRejected, CloudUnavailable, SadadError
 from cloud.signing import PrivateKeyLike, PublicKeyLike
+from cloud.timeline import busy_reason
 from drivers.base import (
     ArmContext,
     CardGone,
@@ -62,20 +63,7 @@ from drivers.base import (
 
 log = logging.getLogger(__name__)
 
-# Hop names of the per-payment timeline, in the order a sale reaches them.
-HOPS = (
-    "push_received",
-    "journaled",
-    "acknowledged",
-    "shown",
-    "card_presented",
-    "card_read",
-    "payment_journaled",
-    "sent",
-    "answered",
-    "result_shown",
-    "event_published",
-)
+# The hop names of the per-payment timeline are cloud.timeline.HOPS.
 
 
 class ReaderPort(Protocol):
@@ -130,6 +118,16 @@ class _Current:
     card: dict[str, str] | None = None
     resolving_rejected: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# What the result screen calls each final phase.
+_OUTCOMES = {
+    Phase.APPROVED: "approved",
+    Phase.DECLINED: "declined",
+    Phase.CANCELLED: "cancelled",
+    Phase.CLOSED: "closed",
+    Phase.EXPIRED: "expired",
+}
 
 
 def _wall_ms() -> int:
@@ -285,13 +283,16 @@ class Engine:
         if not self.journal.record_order(push.message_id, fields):
             log.info("order %s pushed again under a new message: ignored", biz.trans_no)
             return
+        journaled = self.clock.ms()
         self.journal.hop(biz.trans_no, "push_received", received)
-        self.journal.hop(biz.trans_no, "journaled", self.clock.ms())
+        self.journal.hop(biz.trans_no, "journaled", journaled)
         self.journal.enqueue_event("received", push.message_id, biz.trans_no)
         busy = self.current is not None or bool(self.queue)
-        if busy:
-            self.journal.enqueue_event("busy", push.message_id, biz.trans_no)
         self._enqueue(biz.trans_no, biz.order_queue_mode.value)
+        if busy:  # the TMS learns where the order waits (cloud.timeline.busy_reason)
+            position = self.queue.index(biz.trans_no) + 1
+            self.journal.enqueue_event("busy", push.message_id, biz.trans_no, busy_reason(position))
+        # Durable: the link sends the PUBACK as soon as this returns.
         self.journal.hop(biz.trans_no, "acknowledged", self.clock.ms())
         self._outbox_wake.set()
         self._inbox.put_nowait(("next", None))
@@ -683,8 +684,17 @@ class Engine:
     ) -> None:
         cur = self._cur()
         tx = cur.tx
-        if not self.journal.finish(tx.trans_no, phase, reason=reason, **(fields or {})):
-            log.error("CONFLICT: %s was already final; not changed to %s", tx.trans_no, phase)
+        finished = self.journal.finish(tx.trans_no, phase, reason=reason, **(fields or {}))
+        stored = None if finished else self.journal.get(tx.trans_no)
+        if stored is not None and stored.phase is not phase:
+            # States never regress: the screen shows the journaled outcome, whose
+            # event went out when it became final; the refused one goes nowhere.
+            log.error(
+                "CONFLICT: %s is final %s; showing that, not %s", tx.trans_no, stored.phase, phase
+            )
+            outcome, reason = _OUTCOMES[stored.phase], stored.reason
+            approved = stored.phase is Phase.APPROVED
+            extra = {"auth_code": stored.auth_code} if approved else None
         self.view = ScreenView(
             screen=m.Screen.RESULT,
             order=self._order_view(tx),
@@ -699,8 +709,9 @@ class Engine:
         )
         self._show()
         self._hop("result_shown")
-        self.journal.enqueue_event(event, tx.message_id, tx.trans_no, reason)
-        self._outbox_wake.set()
+        if finished:
+            self.journal.enqueue_event(event, tx.message_id, tx.trans_no, reason)
+            self._outbox_wake.set()
         log.info("order %s final: %s%s", tx.trans_no, outcome, f" ({reason})" if reason else "")
         if self._recovering:  # nobody is looking: no need to keep the result on screen
             await self.trigger("done")  # type: ignore[attr-defined]

@@ -63,8 +63,15 @@ Contract:
   link is not connected or the connection is lost first (the engine keeps an
   outbox and retries; the TMS deduplicates events on ``message_id``), and
   ``PublishRejected`` when the broker refuses it (MQTT 5 reason >= 0x80,
-  e.g. not authorized). ``publish_status`` never raises: the status is a
-  latest value and is published again on every connect.
+  e.g. not authorized). The status is a latest value: ``status_changed()``
+  (call it on every change of screen, readers or queue) publishes it only
+  when it differs from the last one published (the timestamp aside), with
+  at most one status publish in flight; changes made while one is in
+  flight are coalesced into one publish of the latest status after its
+  PUBACK. So a subscriber sees the states in order (one that lasts less
+  than a publish round trip may be skipped) and a burst never floods the
+  broker. Every connect publishes the status as it is then. Neither it nor
+  ``publish_status`` raises.
 * ``test_connection`` is a one-shot probe for the setup screen and the doctor
   with client id ``{sn}-probe`` and a clean session, so it never takes over
   the terminal's session. Broker ACLs written with ``%c`` (client id) must
@@ -573,6 +580,10 @@ class MqttLink:
         self._handler_idle = asyncio.Event()
         self._handler_idle.set()
         self._ever_connected = False
+        self._status_sent: bytes | None = None  # last status published (_status_key)
+        self._status_flight: asyncio.Future[None] | None = None
+        self._status_idle = asyncio.Event()
+        self._status_idle.set()
 
     @property
     def topics(self) -> tuple[str, str, str]:
@@ -623,21 +634,19 @@ class MqttLink:
             raise LinkDown(f"MQTT link is {self.state}: {self.reason}")
         await session.publish(events_topic(self._sn), payload)
 
+    def status_changed(self) -> None:
+        """``status()`` may have changed: publish it (retained) if it differs from
+        the last status published, coalesced as the module docstring says.
+        Does nothing when not connected (the next connect publishes it).
+        Never raises."""
+        if self._status_flight is None:
+            self._send_status()
+
     async def publish_status(self) -> None:
-        """Publish the retained ``online`` status from ``status()``; call on every
-        change. Returns at the PUBACK, or at once when not connected (the next
-        connect publishes the current status). Never raises LinkError."""
-        session = self._session
-        if self.state is not ConnectionState.CONNECTED or session is None:
-            return
-        try:
-            await session.publish(
-                status_topic(self._sn), self._status_payload(session), retain=True
-            )
-        except LinkDown:
-            return
-        except PublishRejected as exc:
-            log.warning("status publish refused: %s", exc)
+        """``status_changed()``, then wait until no status publish is in flight
+        (its PUBACK came, or the connection was lost). Never raises."""
+        self.status_changed()
+        await self._status_idle.wait()
 
     async def stop(self) -> None:
         """Finish the push in progress (up to STOP_GRACE s, so it is acknowledged),
@@ -689,20 +698,53 @@ class MqttLink:
             except Exception:
                 log.exception("on_state listener failed")
 
-    def _status_payload(self, session: _Session, online: bool = True) -> bytes:
+    def _online_status(self, session: _Session) -> TerminalStatus:
+        """``status()``, stamped now, online, with the keepalive in force."""
         now = envelope.timestamp()
-        if online:
-            try:
-                base = self._status()
-            except Exception:
-                log.exception("status() failed; publishing a bare status")
-                base = TerminalStatus(status="online", timestamp=now)
-            st = msgspec.structs.replace(
-                base, status="online", timestamp=now, keepalive=session.keepalive
-            )
-        else:
-            st = TerminalStatus(status="offline", timestamp=now, keepalive=session.keepalive)
+        try:
+            base = self._status()
+        except Exception:
+            log.exception("status() failed; publishing a bare status")
+            base = TerminalStatus(status="online", timestamp=now)
+        return msgspec.structs.replace(
+            base, status="online", timestamp=now, keepalive=session.keepalive
+        )
+
+    def _offline_payload(self, session: _Session) -> bytes:
+        st = TerminalStatus(
+            status="offline", timestamp=envelope.timestamp(), keepalive=session.keepalive
+        )
         return msgspec.json.encode(st)
+
+    def _send_status(self) -> None:
+        session = self._session
+        if self.state is not ConnectionState.CONNECTED or session is None:
+            return
+        status = self._online_status(session)
+        key = _status_key(status)
+        if key == self._status_sent:
+            return
+        try:
+            flight = session.publish(
+                status_topic(self._sn), msgspec.json.encode(status), retain=True
+            )
+        except LinkDown:
+            return
+        self._status_sent = key
+        self._status_flight = flight
+        self._status_idle.clear()
+        flight.add_done_callback(self._status_published)
+
+    def _status_published(self, flight: asyncio.Future[None]) -> None:
+        self._status_flight = None
+        error = None if flight.cancelled() else flight.exception()
+        if isinstance(error, PublishRejected):
+            log.warning("status publish refused: %s", error)
+        elif error is not None:  # lost with its connection: the next connect publishes
+            self._status_sent = None
+        self._send_status()  # whatever changed meanwhile, as one publish
+        if self._status_flight is None:
+            self._status_idle.set()
 
     def _enqueue(self, item: _Inbound) -> None:
         if self._accepting:
@@ -762,11 +804,13 @@ class MqttLink:
                     self._sn,
                 )
             await session.subscribe(orders_topic(self._sn), CONNECT_TIMEOUT)
+            status = self._online_status(session)
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     await session.publish(
-                        status_topic(self._sn), self._status_payload(session), retain=True
+                        status_topic(self._sn), msgspec.json.encode(status), retain=True
                     )
+                self._status_sent = _status_key(status)
             except TimeoutError:
                 raise _AttemptFailed("subscribe", "no PUBACK for the status") from None
             except LinkError as exc:
@@ -808,6 +852,7 @@ class MqttLink:
                     f"connected to {where} as {self._sn} (MQTT {self.protocol})",
                 )
                 self._first_attempt.set()
+                self.status_changed()  # a change made while connecting
                 stop_wait = asyncio.ensure_future(self._stop.wait())
                 await asyncio.wait((stop_wait, session.closed), return_when=asyncio.FIRST_COMPLETED)
                 stop_wait.cancel()
@@ -834,11 +879,16 @@ class MqttLink:
         try:
             async with asyncio.timeout(2.0):
                 await session.publish(
-                    status_topic(self._sn), self._status_payload(session, online=False), retain=True
+                    status_topic(self._sn), self._offline_payload(session), retain=True
                 )
         except (TimeoutError, LinkError) as exc:
             log.warning("could not publish the offline status: %s", exc)
         session.disconnect("stopped")
+
+
+def _status_key(status: TerminalStatus) -> bytes:
+    """What makes two statuses the same: everything but the timestamp."""
+    return msgspec.json.encode(msgspec.structs.replace(status, timestamp=""))
 
 
 async def test_connection(cfg: MqttConfig, sn: str, timeout: float) -> tuple[bool, str, str]:

@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from agent import bridge_protocol as bp
-from agent.bridge import BridgeServer
+from agent.bridge import BridgeServer, intent_client
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.engine import Engine, EngineSettings, ScreenView
 from agent.gateway import GatewayClient, GatewayIdentity
@@ -54,6 +54,7 @@ class _Health:
     mqtt_reason: str = "starting"
     readers: dict[str, ReaderState] = field(default_factory=dict)
     setup: bool = False
+    setup_client: str | None = None  # the UI that entered setup (its bridge name)
 
 
 class AgentService:
@@ -109,6 +110,14 @@ class AgentService:
             on_state=self._link_state,
         )
 
+    def _build_bridge(self) -> BridgeServer:
+        return BridgeServer(
+            str(self.cfg.ui.socket),
+            hello=self._hello,
+            on_intent=self._intent,
+            on_disconnect=self._client_gone,
+        )
+
     # ------------------------------------------------------------ run
 
     async def run(self) -> int:
@@ -127,6 +136,7 @@ class AgentService:
             private_key=private,
             gateway_public_key=public,
             resolve_deadline=cfg.gateway.resolve_deadline,
+            result_seconds=cfg.ui.result_seconds,
         )
         self.engine = Engine(
             settings,
@@ -136,7 +146,7 @@ class AgentService:
             on_screen=self._on_screen,
             on_status=self._status_changed,
         )
-        self.bridge = BridgeServer(str(cfg.ui.socket), hello=self._hello, on_intent=self._intent)
+        self.bridge = self._build_bridge()
         await self.bridge.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -243,8 +253,8 @@ class AgentService:
         engine = self.engine
         assert engine is not None
         await engine.wait_idle()  # never swap parts under a payment
-        if new.journal.path != self.cfg.journal.path or new.ui.socket != self.cfg.ui.socket:
-            log.warning("journal or socket path changed: takes effect after a restart")
+        if new.journal.path != self.cfg.journal.path or new.ui != self.cfg.ui:
+            log.warning("journal path or [ui] changed: takes effect after a restart")
         if self.link is not None:
             await self.link.stop()
         for reader in self.readers:
@@ -264,6 +274,7 @@ class AgentService:
             private_key=private,
             gateway_public_key=public,
             resolve_deadline=new.gateway.resolve_deadline,
+            result_seconds=engine.settings.result_seconds,  # built into the state table
         )
         self.link = self._build_link(new, engine)
         engine.set_event_publisher(self.link.publish_event)
@@ -305,10 +316,11 @@ class AgentService:
         )
 
     def _status_changed(self) -> None:
+        # Screen, readers, queue or setup may have changed: the link publishes
+        # the retained status only when it differs, coalescing bursts.
         self._notify_status()
-        if self.link is not None and self.link.state is ConnectionState.CONNECTED:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(self.link.publish_status())
+        if self.link is not None:
+            self.link.status_changed()
 
     def _on_screen(self, view: ScreenView) -> None:
         if self.bridge is None:
@@ -397,9 +409,19 @@ class AgentService:
             return await self._test_reader(intent.reader)
         if isinstance(intent, bp.EnterSetupIntent | bp.LeaveSetupIntent):
             self.health.setup = isinstance(intent, bp.EnterSetupIntent)
+            self.health.setup_client = intent_client() if self.health.setup else None
             self._status_changed()
             return {"setup": self.health.setup}
         raise ValueError(f"unsupported intent {type(intent).__name__}")
+
+    def _client_gone(self, client: str) -> None:
+        # A UI killed in setup never sends leave_setup: its setup ends with it,
+        # or the terminal would report SETUP to the TMS until the next setup.
+        if self.health.setup and client == self.health.setup_client:
+            log.info("the UI in setup went away: setup ended")
+            self.health.setup = False
+            self.health.setup_client = None
+            self._status_changed()
 
     async def _test_reader(self, name: str | None) -> dict[str, Any]:
         engine = self.engine

@@ -7,7 +7,12 @@ on ``cloud.pos.AsyncPosClient`` and the config in ``pos.toml``
     sadad-pos [--config PATH] [--json] push --terminal SN --amount 12.50 [--wait]
     sadad-pos query (--order-no X | --trans-no T)
     sadad-pos close --order-no X [--terminal SN] [--description T]
+    sadad-pos terminal SN
     sadad-pos listen [--host 127.0.0.1] [--port 8090]
+
+Against the sandbox, ``query`` also prints the terminal's timeline of the
+payment (``cloud.timeline``) and why a waiting order waits, and ``terminal``
+shows a terminal's live state: these use sandbox-only extensions.
 
 ``--config`` defaults to $SADAD_POS_CONFIG, else ./pos.toml. ``--json``
 prints exactly one JSON object on stdout (``listen``: one per line);
@@ -16,11 +21,14 @@ amounts are strings with the currency's decimals (``"12.50"``).
 Exit codes:
 
     0  success: the order is paid (``push --wait``), created (``push``),
-       pending or paid (``query``), closed (``close``)
-    1  the order is declined/closed (1) or cancelled (3)
+       pending or paid (``query``), closed (``close``), online (``terminal``)
+    1  the order is declined/closed (1) or cancelled (3); the terminal is
+       offline (``terminal``)
     2  usage or config error (bad amount, missing key file ...)
-    3  gateway unavailable, or ``--wait`` timed out
-    4  gateway rejected the request
+    3  gateway unavailable, or ``--wait`` timed out (JSON ``kind``
+       ``terminal_busy`` when the order still waits in a busy terminal's queue)
+    4  gateway rejected the request (JSON ``kind`` ``terminal_offline`` for a
+       ``--reject-offline`` push to an offline terminal)
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 import signal
@@ -37,12 +46,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn, TextIO
 
+import msgspec
+
 from cloud.config import ENV_VAR, PosConfig, load_config
 from cloud.errors import (
     CloudRejected,
     CloudUnavailable,
     ConfigError,
     ContractError,
+    TerminalBusy,
+    TerminalOffline,
     WaitTimeout,
 )
 from cloud.messages import (
@@ -50,13 +63,16 @@ from cloud.messages import (
     OrderInfo,
     PayScenario,
     QueueMode,
+    TerminalInfo,
     TransStatus,
     TransType,
+    terminal_state,
     to_fields,
 )
 from cloud.money import check_amount, currency
 from cloud.notify_server import NotifyServer, notification_handler
 from cloud.pos import AsyncPosClient
+from cloud.timeline import hop_lines, hop_rows, parse_timeline, why_pending
 
 EXIT_OK = 0
 EXIT_NOT_PAID = 1
@@ -118,13 +134,46 @@ def _plain_message(exc: ContractError) -> str:
 
 
 def order_json(info: OrderInfo) -> dict[str, Any]:
-    """An OrderInfo as JSON-ready values: amounts as exact strings, status code and name."""
+    """An OrderInfo as JSON-ready values: amounts as exact strings, status code
+    and name; the sandbox's ``terminal_timeline`` and ``terminal_state`` as
+    JSON values, the merged hops as ``terminal_hops`` rows and, for a waiting
+    order, ``waiting``: why it waits."""
     out: dict[str, Any] = {}
     for key, value in to_fields(info).items():
         out[key] = _amount_text(value, info.price_currency) if isinstance(value, Decimal) else value
     out["trans_status"] = int(info.trans_status)
     out["trans_status_name"] = info.trans_status.name
+    with contextlib.suppress(ContractError):  # malformed extensions stay as their text
+        timeline = parse_timeline(info.terminal_timeline)
+        if timeline.events:
+            out["terminal_timeline"] = [
+                {k: v for k, v in dataclasses.asdict(e).items() if v is not None}
+                for e in timeline.events
+            ]
+            out["terminal_hops"] = [dataclasses.asdict(r) for r in hop_rows(timeline.hops())]
+    with contextlib.suppress(ContractError):
+        state = terminal_state(info.terminal_state)
+        if state is not None:
+            out["terminal_state"] = msgspec.to_builtins(state)
+    why = why_pending(info)
+    if why:
+        out["waiting"] = why
     return out
+
+
+def _timeline_text(info: OrderInfo) -> list[str]:
+    """The terminal's timeline of the payment, for ``query`` (sandbox only)."""
+    try:
+        timeline = parse_timeline(info.terminal_timeline)
+    except ContractError as exc:
+        return [f"terminal timeline unreadable: {exc}"]
+    if not timeline.events:
+        return []
+    lines = ["terminal timeline (sandbox; ms since the terminal received the push):"]
+    lines += hop_lines(timeline.hops())
+    events = ", ".join(e.event + (f" ({e.reason})" if e.reason else "") for e in timeline.events)
+    lines.append(f"terminal events: {events}")
+    return lines
 
 
 def _summary(info: OrderInfo) -> str:
@@ -144,6 +193,7 @@ def _summary(info: OrderInfo) -> str:
     if info.trans_error_code or info.trans_error_msg:
         error = " ".join(x for x in (info.trans_error_code, info.trans_error_msg) if x)
         rows.append(("error", error))
+    rows.append(("waiting", why_pending(info)))
     lines += [f"  {name:<10} {value}" for name, value in rows if value]
     return "\n".join(lines)
 
@@ -197,6 +247,7 @@ class _Progress:
         self._offline = offline
         self._prefix = f"{terminal} | {amount}"
         self._status = TransStatus.PREORDER
+        self._why: str | None = None
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         err = output.err
@@ -208,7 +259,9 @@ class _Progress:
 
     def _text(self) -> str:
         why = STATUS_TEXT[self._status]
-        if self._offline and self._status == TransStatus.PREORDER:
+        if self._why:
+            why += f"; {self._why}"
+        elif self._offline and self._status == TransStatus.PREORDER:
             why += "; terminal offline, it gets the order when it connects"
         return f"{self._prefix} | {self._status.name} ({why})"
 
@@ -216,9 +269,10 @@ class _Progress:
         print(self._text(), file=self._output.err, flush=True)
 
     def update(self, info: OrderInfo) -> None:
-        if info.trans_status == self._status:
+        why = why_pending(info)  # e.g. busy terminal, queue position (sandbox)
+        if (info.trans_status, why) == (self._status, self._why):
             return
-        self._status = info.trans_status
+        self._status, self._why = info.trans_status, why
         if not self._output.json and not self._live:
             self._line()
 
@@ -271,8 +325,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sadad-pos",
         description="Push, query and close Sadad cloud-ECR orders; receive notifications.",
-        epilog="exit codes: 0 paid/success, 1 declined/closed/cancelled, 2 usage or config "
-        "error, 3 gateway unavailable or timeout, 4 gateway rejected",
+        epilog="exit codes: 0 paid/success/online, 1 declined/closed/cancelled/offline, "
+        "2 usage or config error, 3 gateway unavailable or timeout (also: terminal busy), "
+        "4 gateway rejected (also: terminal offline)",
     )
     _add_globals(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -319,6 +374,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--terminal", metavar="SN", help="terminal SN (default: looked up with order.query)"
     )
     close.add_argument("--description")
+
+    terminal = sub.add_parser(
+        "terminal", help="a terminal's live state: online, screen, readers, queue (sandbox)"
+    )
+    _add_globals(terminal, top=False)
+    terminal.add_argument("sn", metavar="SN", help="terminal serial number")
 
     listen = sub.add_parser("listen", help="receive and verify notifications")
     _add_globals(listen, top=False)
@@ -408,8 +469,9 @@ async def _cmd_push(args: argparse.Namespace, output: _Output) -> int:
                 return output.fail(EXIT_UNAVAILABLE, "unavailable", message, top=mark)
             except CloudRejected as exc:
                 message = f"order {order_no}: {exc}"
+                kind = "terminal_offline" if isinstance(exc, TerminalOffline) else "rejected"
                 return output.fail(
-                    EXIT_REJECTED, "rejected", message, top=mark, code=exc.code, msg=exc.msg
+                    EXIT_REJECTED, kind, message, top=mark, code=exc.code, msg=exc.msg
                 )
             amount_text = f"{_amount_text(result.trans_amount, currency_code)} {currency_code}"
             base: dict[str, Any] = {
@@ -438,9 +500,8 @@ async def _cmd_push(args: argparse.Namespace, output: _Output) -> int:
             except WaitTimeout as exc:
                 await progress.stop()
                 last = None if exc.last is None else order_json(exc.last)
-                return output.fail(
-                    EXIT_UNAVAILABLE, "timeout", str(exc), top={**base, "order": last}
-                )
+                kind = "terminal_busy" if isinstance(exc, TerminalBusy) else "timeout"
+                return output.fail(EXIT_UNAVAILABLE, kind, str(exc), top={**base, "order": last})
             except CloudRejected as exc:
                 await progress.stop()
                 return output.fail(
@@ -465,8 +526,53 @@ async def _cmd_query(args: argparse.Namespace, output: _Output) -> int:
         info = await client.query_order(args.order_no, args.trans_no)
     bad = info.trans_status in (TransStatus.CLOSED, TransStatus.CANCELLED)
     code = EXIT_NOT_PAID if bad else EXIT_OK
+    text = "\n".join([_summary(info), *_timeline_text(info)])
+    output.emit({"ok": code == EXIT_OK, "exit_code": code, "order": order_json(info)}, text)
+    return code
+
+
+def terminal_json(info: TerminalInfo) -> dict[str, Any]:
+    """A TerminalInfo as JSON values: ``terminal_state`` decoded, and
+    ``offline_within_s``, the bound within which the gateway learns of a
+    silent loss (1.5 keepalives: the broker then publishes the will)."""
+    out: dict[str, Any] = to_fields(info)
+    state = terminal_state(info.terminal_state)
+    if state is not None:
+        out["terminal_state"] = msgspec.to_builtins(state)
+        out["offline_within_s"] = (3 * state.keepalive + 1) // 2
+    return out
+
+
+def _terminal_text(info: TerminalInfo) -> str:
+    state = terminal_state(info.terminal_state)
+    since = f" (status received {info.status_time} UTC)" if info.status_time else ""
+    lines = [f"{info.terminal_sn} {info.terminal_online_status}{since}"]
+    if state is None:
+        lines.append("  the terminal never published a status")
+        return "\n".join(lines)
+    readers = ", ".join(f"{k} {v}" for k, v in state.readers.items()) or "none reported"
+    rows = [
+        ("screen", state.screen.value if state.screen else None),
+        ("readers", readers if state.status == "online" else None),
+        ("queue", f"{state.queue} waiting" if state.status == "online" else None),
+        (
+            "keepalive",
+            f"{state.keepalive} s (a silent loss shows as offline within "
+            f"{(3 * state.keepalive + 1) // 2} s)",
+        ),
+    ]
+    lines += [f"  {name:<10} {value}" for name, value in rows if value]
+    return "\n".join(lines)
+
+
+async def _cmd_terminal(args: argparse.Namespace, output: _Output) -> int:
+    config = load_config(args.config)
+    async with _make_client(config) as client:
+        info = await client.terminal_status(args.sn)
+    online = info.terminal_online_status is OnlineStatus.ONLINE
+    code = EXIT_OK if online else EXIT_NOT_PAID
     output.emit(
-        {"ok": code == EXIT_OK, "exit_code": code, "order": order_json(info)}, _summary(info)
+        {"ok": online, "exit_code": code, "terminal": terminal_json(info)}, _terminal_text(info)
     )
     return code
 
@@ -549,7 +655,13 @@ async def _cmd_listen(args: argparse.Namespace, output: _Output) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"push": _cmd_push, "query": _cmd_query, "close": _cmd_close, "listen": _cmd_listen}
+_COMMANDS = {
+    "push": _cmd_push,
+    "query": _cmd_query,
+    "close": _cmd_close,
+    "terminal": _cmd_terminal,
+    "listen": _cmd_listen,
+}
 
 
 async def _run(args: argparse.Namespace, output: _Output) -> int:

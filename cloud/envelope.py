@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from cloud import wirejson
-from cloud.errors import CloudRejected, ContractError, SignatureError
+from cloud.errors import ContractError, SignatureError, rejection
 from cloud.messages import (
     MAX_CLOCK_SKEW_MS,
     EventKind,
@@ -151,7 +151,8 @@ def open_response(body: bytes, gateway_key: PublicKeyLike, type_: type[T]) -> T:
 
     Raises SignatureError / ContractError when the answer is not a valid signed
     response (callers treat that as "outcome unknown"), CloudRejected when it
-    is a valid failure answer.
+    is a valid failure answer (a subclass for the codes in
+    ``cloud.errors.REJECTIONS``, e.g. TerminalOffline).
     """
     obj = wirejson.loads(body)
     if not isinstance(obj, dict):
@@ -161,7 +162,7 @@ def open_response(body: bytes, gateway_key: PublicKeyLike, type_: type[T]) -> T:
     if not isinstance(code, str):
         raise ContractError("code must be a string", "$.code")
     if code != "0":
-        raise CloudRejected(code, str(obj.get("msg", "")))
+        raise rejection(code, str(obj.get("msg", "")))
     data = obj.get("data")
     if not isinstance(data, str) or not data:
         raise ContractError("data must be a JSON string", "$.data")

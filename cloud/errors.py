@@ -46,6 +46,22 @@ class CloudRejected(SadadError):
         self.msg = msg
 
 
+class TerminalOffline(CloudRejected):
+    """The gateway refused a create at once because the terminal is offline and
+    the order asked ``reject_trade_when_terminal_offline`` (sandbox code
+    40903). Nothing was created: push again when the terminal is back."""
+
+
+# Failure codes that have an exception of their own (the sandbox's codes:
+# sandbox/README.md "Failure codes").
+REJECTIONS: dict[str, type[CloudRejected]] = {"40903": TerminalOffline}
+
+
+def rejection(code: str, msg: str) -> CloudRejected:
+    """The CloudRejected (or the subclass ``REJECTIONS`` names) for a failure answer."""
+    return REJECTIONS.get(code, CloudRejected)(code, msg)
+
+
 class CloudUnavailable(SadadError):
     """The gateway could not be reached, timed out, or answered something that is
     not a valid signed response. The outcome of a non-idempotent call is unknown."""
@@ -76,12 +92,41 @@ class WaitTimeout(SadadError):
     """An order did not reach a final status before the caller's deadline.
 
     ``last`` is the last ``OrderInfo`` seen for it (None when no query
-    succeeded). The order may still complete: keep polling or close it.
+    succeeded); ``why`` says, when known, why it still waits (sandbox:
+    ``cloud.timeline.why_pending``). The order may still complete: keep
+    polling or close it.
     """
 
-    def __init__(self, merchant_order_no: str, waited_s: float, last: OrderInfo | None) -> None:
+    def __init__(
+        self,
+        merchant_order_no: str,
+        waited_s: float,
+        last: OrderInfo | None,
+        why: str | None = None,
+    ) -> None:
         status = "nothing seen" if last is None else f"last status {last.trans_status.name}"
+        if why:
+            status += f"; {why}"
         super().__init__(f"order {merchant_order_no} not final after {waited_s:g} s ({status})")
         self.merchant_order_no = merchant_order_no
         self.waited_s = waited_s
         self.last = last
+        self.why = why
+
+
+class TerminalBusy(WaitTimeout):
+    """The deadline passed while the order still waits in the terminal's queue:
+    the terminal answered ``busy`` (another order is on its screen).
+    ``position`` is the order's place in that queue (1 = next). The order is
+    still valid: wait longer, or close it."""
+
+    def __init__(
+        self,
+        merchant_order_no: str,
+        waited_s: float,
+        last: OrderInfo | None,
+        why: str | None,
+        position: int,
+    ) -> None:
+        super().__init__(merchant_order_no, waited_s, last, why)
+        self.position = position

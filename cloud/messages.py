@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from cloud import wirejson
 from cloud.errors import ContractError
 from cloud.money import check_amount, currency
 
@@ -34,6 +35,8 @@ class Method(enum.StrEnum):
     TRANS_DETAIL = "cashier.trans.detail"
     TRANS_REVERSE = "cashier.trans.reverse"
     TRANS_CANCEL = "cashier.trans.cancel"
+    # Sandbox-only extension (sandbox/README.md): the live gateway does not offer it.
+    TERMINAL_STATUS = "sandbox.terminal.status"
 
 
 class TransStatus(enum.IntEnum):
@@ -194,6 +197,8 @@ class PayOrderResult(Wire):
     trans_no: str
     terminal_online_status: OnlineStatus
     trans_amount: Decimal
+    # Sandbox-only extension: the terminal's retained status as JSON text.
+    terminal_state: str | None = None
 
 
 class CloseOrder(Wire):
@@ -246,8 +251,11 @@ class OrderInfo(Wire):
     trans_end_time: str | None = None
     trans_error_code: str | None = None
     trans_error_msg: str | None = None
-    # Sandbox-only extensions (documented in README "Sandbox extensions").
+    # Sandbox-only extensions (sandbox/README.md "Sandbox extensions"): the
+    # terminal's events with their hops, its online status and retained status.
     terminal_timeline: str | None = None
+    terminal_online_status: OnlineStatus | None = None
+    terminal_state: str | None = None
 
     def __post_init__(self) -> None:
         if self.masked_pan is not None and not _MASKED_PAN.fullmatch(self.masked_pan):
@@ -347,6 +355,33 @@ class TerminalStatus(Wire):
     def __post_init__(self) -> None:
         if self.status not in ("online", "offline"):
             raise _bad("status", "must be online or offline")
+
+
+def terminal_state(text: str | None) -> TerminalStatus | None:
+    """A ``terminal_state`` extension field (JSON text of the retained status)
+    as a TerminalStatus; None when absent. Raises ContractError."""
+    if not text:
+        return None
+    return decode(wirejson.loads(text), TerminalStatus)
+
+
+class TerminalQuery(Wire):
+    """``sandbox.terminal.status`` request (sandbox-only)."""
+
+    merchant_no: str
+    terminal_sn: str
+
+
+class TerminalInfo(Wire):
+    """``sandbox.terminal.status`` answer (sandbox-only): what the gateway knows of
+    a terminal from its retained status topic. ``terminal_state`` is the last
+    status as JSON text (None if it never published one); ``status_time`` is
+    when the gateway received it (UTC ``YYYY-MM-DD HH:mm:ss``)."""
+
+    terminal_sn: str
+    terminal_online_status: OnlineStatus
+    terminal_state: str | None = None
+    status_time: str | None = None
 
 
 # ---------------------------------------------------------------- part D

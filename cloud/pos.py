@@ -9,12 +9,18 @@ the per-order state that makes notifications and polling agree.
 Errors (``cloud.errors``):
 
 - ``CloudRejected``: the gateway gave a valid, signed failure answer. Final
-  for that request; never retried.
+  for that request; never retried. ``TerminalOffline`` (a subclass) when a
+  create asked ``reject_trade_when_terminal_offline`` and the terminal is
+  offline (sandbox code 40903): refused at once, nothing created.
 - ``CloudUnavailable``: network error, timeout, HTTP 5xx, or an answer that
   is not JSON, not signed, or badly signed. The outcome is unknown.
 - ``ContractError``: what the caller passed is not a valid message
   (``SignatureError``, a subclass, for a bad notification).
-- ``WaitTimeout``: ``wait_for_final`` reached its deadline.
+- ``WaitTimeout``: ``wait_for_final`` reached its deadline; ``why`` says why
+  the order still waits when the gateway tells (the sandbox does).
+  ``TerminalBusy`` (a subclass) when it still waits in the queue of a
+  terminal that answered ``busy``, with its ``position``; that is also
+  logged as a warning as soon as it is seen.
 
 Retries (only what is safe): ``order.query`` (bounded, with backoff), and
 ``wisehub.cloud.pay.order`` with the very same body - the gateway answers a
@@ -24,7 +30,10 @@ repeat of a ``merchant_order_no`` with the same fields with its first answer.
 Per-order state: every ``OrderInfo`` seen (query answers and verified
 notifications) updates the order's state. The first final status (1, 2, 3)
 is kept for good: a later non-final or different final status never
-replaces it (a different final one is logged as an error). A verified
+replaces it (a different final one is logged as an error) except a paid
+order voided or reversed afterwards (2 then 3, ``REVERSAL``), and a non-final
+status only moves forward (9 -> 0: a late 9 is ignored), by the rule in
+``cloud.status_rules`` that every layer applies. A verified
 notification that makes an order final wakes ``wait_for_final`` at once.
 
 ``AsyncPosClient`` is the implementation; ``PosClient`` is the same API for
@@ -51,18 +60,29 @@ import msgspec
 from cloud import envelope
 from cloud.backoff import POLL, RETRY, Backoff, Clock, SystemClock
 from cloud.config import PosConfig
-from cloud.errors import CloudRejected, CloudUnavailable, ContractError, WaitTimeout
+from cloud.errors import (
+    CloudRejected,
+    CloudUnavailable,
+    ContractError,
+    TerminalBusy,
+    WaitTimeout,
+)
 from cloud.messages import (
     CloseOrder,
     CloseOrderResult,
     Method,
     Notification,
+    OnlineStatus,
     OrderInfo,
     OrderQuery,
     PayOrder,
     PayOrderResult,
+    TerminalInfo,
+    TerminalQuery,
     decode,
 )
+from cloud.status_rules import REVERSAL, TRANS_STATUS, Verdict
+from cloud.timeline import parse_timeline, why_pending
 
 __all__ = ["AsyncPosClient", "PosClient"]
 
@@ -203,33 +223,44 @@ class AsyncPosClient:
         return state
 
     def _observe(self, info: OrderInfo, source: str) -> None:
-        """Record what we saw of an order; the first final status sticks."""
+        """Record what we saw of an order (``cloud.status_rules``): the first
+        final status sticks (but a paid order may be voided or reversed
+        afterwards: ``REVERSAL``), non-final ones only move forward."""
         state = self._state(info.merchant_order_no)
         state.terminal_sn = state.terminal_sn or info.terminal_sn
         state.trans_no = state.trans_no or info.trans_no
-        final = state.final
-        if final is not None:
-            if info.trans_status.is_final and info.trans_status != final.trans_status:
-                log.error(
-                    "CONFLICT: order %s (trans_no %s) is final %s, but %s now says %s; "
-                    "keeping %s - check it with the gateway",
-                    info.merchant_order_no,
-                    info.trans_no,
-                    final.trans_status.name,
-                    source,
-                    info.trans_status.name,
-                    final.trans_status.name,
-                )
-            elif not info.trans_status.is_final:
-                log.debug(
-                    "order %s: ignoring %s %s after final %s",
-                    info.merchant_order_no,
-                    source,
-                    info.trans_status.name,
-                    final.trans_status.name,
-                )
+        held = state.final or state.last
+        verdict = TRANS_STATUS.judge(None if held is None else held.trans_status, info.trans_status)
+        if held is not None and (held.trans_status, info.trans_status) == REVERSAL:
+            log.warning(
+                "order %s (trans_no %s) was paid, now CANCELLED (voided or reversed), from %s",
+                info.merchant_order_no,
+                info.trans_no,
+                source,
+            )
+            verdict, state.final = Verdict.MOVE, None
+        if held is not None and verdict is Verdict.CONFLICT:
+            log.error(
+                "CONFLICT: order %s (trans_no %s) is final %s, but %s now says %s; "
+                "keeping %s - check it with the gateway",
+                info.merchant_order_no,
+                info.trans_no,
+                held.trans_status.name,
+                source,
+                info.trans_status.name,
+                held.trans_status.name,
+            )
             return
-        state.last = info
+        if held is not None and (verdict is Verdict.STALE or state.final is not None):
+            log.debug(
+                "order %s: ignoring %s %s, keeping %s",
+                info.merchant_order_no,
+                source,
+                info.trans_status.name,
+                held.trans_status.name,
+            )
+            return
+        state.last = info  # a move, or a non-final repeat with fresher details
         if info.trans_status.is_final:
             state.final = info
             state.final_event.set()
@@ -358,6 +389,25 @@ class AsyncPosClient:
             Method.PAY_CLOSE, self._body(Method.PAY_CLOSE, close), CloseOrderResult
         )
 
+    async def terminal_status(self, terminal_sn: str) -> TerminalInfo:
+        """What the gateway knows of a terminal: online or offline, and its last
+        retained status (screen, readers, queue, keepalive) in ``terminal_state``
+        (``cloud.messages.terminal_state`` decodes it).
+
+        Sandbox-only (``sandbox.terminal.status``): the live gateway answers
+        it with a failure (CloudRejected, unknown method). Retried like a
+        query. Raises CloudRejected (e.g. unknown terminal), CloudUnavailable.
+        """
+        query = decode(
+            {"merchant_no": self.config.merchant_no, "terminal_sn": terminal_sn}, TerminalQuery
+        )
+        body = self._body(Method.TERMINAL_STATUS, query)
+
+        async def once() -> TerminalInfo:
+            return await self._send(Method.TERMINAL_STATUS, body, TerminalInfo)
+
+        return await self._with_retries(self._query_attempts, once, f"terminal {terminal_sn}")
+
     # ------------------------------------------------------------ waiting
 
     async def _sleep_or_final(self, event: asyncio.Event, seconds: float) -> None:
@@ -410,7 +460,9 @@ class AsyncPosClient:
         (``accept_notification``). Otherwise polls ``order.query`` on the
         ``poll`` schedule (first after ~1 s, growing to ~5 s, jittered) until
         ``deadline_s`` seconds have passed. ``on_update`` is called with each
-        new status seen. Raises WaitTimeout (carrying the last status seen),
+        new status seen. Raises WaitTimeout (carrying the last status seen
+        and, when the gateway tells, why it still waits), TerminalBusy (a
+        WaitTimeout: the order still waits in the queue of a busy terminal),
         CloudRejected (a query was refused, e.g. unknown order).
         """
         state = self._state(merchant_order_no)
@@ -422,17 +474,28 @@ class AsyncPosClient:
         try:
             deadline = self._clock.monotonic() + deadline_s
             delays = self._poll.delays(self._rng)
+            warned_position: int | None = None
             while state.final is None:
                 remaining = deadline - self._clock.monotonic()
                 if remaining <= 0:
-                    raise WaitTimeout(merchant_order_no, deadline_s, state.last)
+                    raise _timeout(merchant_order_no, deadline_s, state.last)
                 await self._sleep_or_final(event, min(next(delays), remaining))
                 if state.final is not None:
                     break
                 remaining = deadline - self._clock.monotonic()
                 if remaining <= 0:
-                    raise WaitTimeout(merchant_order_no, deadline_s, state.last)
+                    raise _timeout(merchant_order_no, deadline_s, state.last)
                 await self._poll_or_final(merchant_order_no, event, remaining)
+                position = _queue_position(state.last)
+                if position is not None and position != warned_position:
+                    warned_position = position
+                    log.warning(
+                        "order %s waits in the queue of terminal %s at position %d: the "
+                        "terminal is busy with another order",
+                        merchant_order_no,
+                        state.terminal_sn,
+                        position,
+                    )
             return state.final
         finally:
             if on_update is not None:
@@ -475,6 +538,26 @@ class AsyncPosClient:
             self._seen.popitem(last=False)
         self._observe(note, f"notification {note.notify_id}")
         return note, True
+
+
+def _queue_position(info: OrderInfo | None) -> int | None:
+    """The order's place in a busy terminal's queue, if it still waits there."""
+    if info is None or info.trans_status.is_final:
+        return None
+    try:
+        return parse_timeline(info.terminal_timeline).queue_position()
+    except ContractError:
+        return None
+
+
+def _timeout(merchant_order_no: str, waited_s: float, last: OrderInfo | None) -> WaitTimeout:
+    if last is None:
+        return WaitTimeout(merchant_order_no, waited_s, None)
+    why = why_pending(last)
+    position = _queue_position(last)
+    if position is not None and last.terminal_online_status is not OnlineStatus.OFFLINE:
+        return TerminalBusy(merchant_order_no, waited_s, last, why, position)
+    return WaitTimeout(merchant_order_no, waited_s, last, why)
 
 
 class PosClient:
@@ -557,6 +640,10 @@ class PosClient:
         return self._run(
             self._async.close_order(merchant_order_no, description, terminal_sn=terminal_sn)
         )
+
+    def terminal_status(self, terminal_sn: str) -> TerminalInfo:
+        """See ``AsyncPosClient.terminal_status`` (sandbox-only)."""
+        return self._run(self._async.terminal_status(terminal_sn))
 
     def wait_for_final(
         self,

@@ -19,6 +19,12 @@ port is reused when free. Without ``--mqtt`` it starts its own Mosquitto
 ``DIR/terminals/SN/agent.toml``; it prints one JSON line
 ``{"terminal": SN, "agent_config": PATH}``.
 
+``sadad-sandbox fault --data DIR --terminal SN [FAULT ...] [--seconds S]
+[--clear]`` switches forced failures (``sandbox.faults``) on for every order
+of a provisioned terminal, or off with ``--clear`` (the named ones, or all);
+a running sandbox follows at once. It prints one JSON line
+``{"terminal": SN, "faults": {FAULT: SECONDS-or-null, ...}}`` (the faults now on).
+
 Exit status: 0 on a clean stop, 2 for bad arguments or a broker that cannot
 start.
 """
@@ -32,6 +38,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha1
@@ -40,6 +47,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from sandbox.broker import BrokerError, MosquittoBroker, port_is_free
+from sandbox.faults import DEFAULT_LATE_S, Fault, FaultTable, parse
 from sandbox.keys import DEFAULT_STORE_NAME, Layout
 from sandbox.provision import (
     STATE_BROKER_PORT,
@@ -99,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         default=40.0,
         help="how long a .91 amount keeps the create waiting, before scaling (default 40)",
     )
+    serve.add_argument(
+        "--late-seconds",
+        type=_positive,
+        default=DEFAULT_LATE_S,
+        help="how late a late-create fault answers, not scaled (default 12: past the "
+        "POS module's 10 s timeout)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     prov = sub.add_parser("provision", help="register a terminal and write its agent.toml")
@@ -112,6 +127,22 @@ def _parser() -> argparse.ArgumentParser:
         help="a reader line for agent.toml, e.g. nfc=pn532:/dev/ttyUSB0 (repeatable)",
     )
     prov.add_argument("--store-name", default=DEFAULT_STORE_NAME, help="shown on the terminal")
+
+    flt = sub.add_parser("fault", help="force failures for a terminal (see sandbox/README.md)")
+    flt.add_argument("--data", required=True, type=Path, help="data directory")
+    flt.add_argument("--terminal", required=True, metavar="SN", help="a provisioned terminal")
+    flt.add_argument(
+        "faults", nargs="*", metavar="FAULT", help=f"one of: {', '.join(f for f in Fault)}"
+    )
+    flt.add_argument(
+        "--seconds",
+        type=_positive,
+        help="offline: for how long; busy: how long the other sale holds it; "
+        "late-create: how late the answer comes",
+    )
+    flt.add_argument(
+        "--clear", action="store_true", help="switch the named faults off (all when none)"
+    )
     return parser
 
 
@@ -125,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the notifier logs its own lines
     if args.command == "provision":
         return _provision(args)
+    if args.command == "fault":
+        return _fault(args)
     return _serve(args)
 
 
@@ -141,10 +174,41 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fault(args: argparse.Namespace) -> int:
+    try:
+        faults = parse(args.faults)
+    except ValueError as exc:
+        print(f"sadad-sandbox fault: {exc}", file=sys.stderr)
+        return 2
+    layout = Layout.of(args.data)
+    with Store(layout.db_path) as store:
+        if store.terminal(args.terminal) is None:
+            print(
+                f"sadad-sandbox fault: unknown terminal {args.terminal} (provision it first)",
+                file=sys.stderr,
+            )
+            return 2
+    table = FaultTable(layout.db_path)
+    try:
+        now = time.time_ns() // 1_000_000
+        if args.clear:
+            table.clear(args.terminal, faults)
+        elif faults:
+            table.set(args.terminal, faults, args.seconds, now)
+        active = {str(f): t.seconds for f, t in table.of(args.terminal, now).items()}
+    finally:
+        table.close()
+    print(json.dumps({"terminal": args.terminal, "faults": active}), flush=True)
+    return 0
+
+
 def _bind(host: str, port: int | None, last: str | None) -> socket.socket:
     if port is None:
         port = int(last) if last and last.isdigit() and port_is_free(int(last), host) else 0
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on accepted sockets whose
+    # proto says TCP; with 0, uvicorn's separate header and body writes meet the
+    # client's delayed ACK and every keep-alive request waits ~40 ms.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -235,6 +299,7 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
             mqtt_url=mqtt_url,
             time_scale=args.time_scale,
             hang_seconds=args.hang_seconds,
+            late_seconds=args.late_seconds,
             http_url=http_url,
             tms_client_id="sadad-tms-" + sha1(str(layout.root).encode()).hexdigest()[:12],  # noqa: S324
         )

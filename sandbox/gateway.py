@@ -14,7 +14,9 @@ notifier (part B) together for the HTTP handlers in ``sandbox.openapi``
   signed events (verified with the terminal's key via ``envelope.open_event``);
 - background work: the notifier, a sweeper that closes status-9 orders past
   ``expires_at`` (status 1, ``trans_error_code`` ``EXPIRED``), and startup
-  recovery of cashier requests that were in flight when the sandbox stopped.
+  recovery of cashier requests that were in flight when the sandbox stopped;
+- ``faults``: the switchboard of forced failures (``sandbox.faults``), whose
+  hooks the creates, pushes, events and final moves pass through.
 
 Every method runs on the event loop's thread.
 """
@@ -47,6 +49,7 @@ from cloud.messages import (
     decode,
 )
 from sandbox.codes import Code
+from sandbox.faults import DEFAULT_LATE_S, Faults
 from sandbox.keys import Layout, SandboxKeys
 from sandbox.notifier import Notifier
 from sandbox.store import Order, Store
@@ -75,6 +78,7 @@ class Settings:
     hang_seconds: float = 40.0
     http_url: str = ""
     tms_client_id: str | None = None
+    late_seconds: float = DEFAULT_LATE_S  # the late-create fault's delay
 
 
 def cashier_result(order: Order, request_no: str | None = None) -> CashierResult:
@@ -113,6 +117,7 @@ class Gateway:
         # cashier create attempts being processed: (terminal_sn, request_no) -> first reply
         self.inflight: dict[tuple[str, str], asyncio.Future[Reply]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.faults = Faults(self, late_seconds=settings.late_seconds)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -124,6 +129,7 @@ class Gateway:
             self.tms.start(asyncio.get_running_loop())
         self.spawn(self.notifier.run(), name="notifier")
         self.spawn(self._sweep(), name="expiry-sweeper")
+        self.spawn(self.faults.run(), name="faults")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -133,6 +139,7 @@ class Gateway:
                 await task
         if self.tms is not None:
             await asyncio.to_thread(self.tms.stop)
+        self.faults.close()
 
     def spawn(
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
@@ -181,6 +188,7 @@ class Gateway:
                     trans_error_msg=f"voided by {trans_no}",
                 )
             self.notifier.wake()
+            self.faults.on_final(order)
         return order, moved
 
     def push_order(self, order: Order) -> None:
@@ -245,6 +253,8 @@ class Gateway:
         if self.tms is None:
             log.warning("no broker configured: push %s not sent", fields["message_id"])
             return
+        if self.faults.hold(order.terminal_sn, payload, expiry_s):
+            return
         self.tms.publish(orders_topic(order.terminal_sn), payload.encode(), expiry_s=expiry_s)
         log.info(
             "pushed %s %s for %s to %s (expiry %d s)",
@@ -254,6 +264,7 @@ class Gateway:
             order.terminal_sn,
             expiry_s,
         )
+        self.faults.pushed(order, str(fields["topic"]), str(fields["message_id"]), payload)
 
     # ---------------------------------------------------------------- terminal side of MQTT
 
@@ -286,6 +297,8 @@ class Gateway:
         if event.terminal_sn != sn:
             log.warning("event on %s's topic names terminal %s; dropped", sn, event.terminal_sn)
             return
+        if self.faults.drops(event):
+            return
         trans_no = event.trans_no or self.store.trans_no_for_message(event.message_id)
         fresh = self.store.add_event(
             trans_no=trans_no,
@@ -303,12 +316,13 @@ class Gateway:
         order = self.store.order(trans_no) if trans_no else None
         if order is not None and order.is_final and _contradicts(event.event, order.trans_status):
             log.warning(
-                "!!! terminal %s reports %r for order %s, which is final with status %d; "
-                "the status is kept (money moves only through the cashier API)",
+                "!!! CONFLICT: terminal %s reports %r for order %s, which is final with "
+                "status %d (%s); the status is kept (money moves only through the cashier API)",
                 sn,
                 str(event.event),
                 order.trans_no,
                 order.trans_status,
+                order.trans_status.name,
             )
 
     # ---------------------------------------------------------------- background

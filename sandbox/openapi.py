@@ -17,7 +17,14 @@ a signed failure) / ``ContractError`` (answered as 40001 invalid parameter).
   first answer; in any other status fails with 40902 (void or refund instead).
 - ``order.query``: by ``merchant_order_no`` or ``trans_no``; the result is
   ``messages.OrderInfo`` plus the sandbox-only ``terminal_timeline`` (JSON
-  text of the terminal's events for the order, with their ``hops``).
+  text of the terminal's events for the order, with their ``hops``),
+  ``terminal_online_status`` and ``terminal_state`` (the terminal's last
+  retained status as JSON text: screen, readers, queue, keepalive).
+- ``sandbox.terminal.status`` (sandbox-only): ``merchant_no``,
+  ``terminal_sn`` -> ``messages.TerminalInfo`` (online status, last retained
+  status and when it was received).
+
+The create's answer carries ``terminal_state`` too.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from cloud import envelope, wirejson
 from cloud.errors import ContractError
@@ -39,6 +48,8 @@ from cloud.messages import (
     OrderQuery,
     PayOrder,
     PayOrderResult,
+    TerminalInfo,
+    TerminalQuery,
     TransStatus,
     TransType,
     decode,
@@ -46,7 +57,7 @@ from cloud.messages import (
 )
 from sandbox.codes import ApiError, Code
 from sandbox.gateway import Gateway, Reply
-from sandbox.store import Merchant, Order, timeline_text
+from sandbox.store import Merchant, Order, timeline_text, wire_time
 
 Handler = Callable[[Gateway, Merchant, dict[str, Any]], Awaitable[Reply]]
 
@@ -75,6 +86,17 @@ def _order_of(
         what = f"trans_no {trans_no}" if trans_no else f"merchant_order_no {merchant_order_no}"
         raise ApiError(Code.ORDER_NOT_FOUND, f"order not found: {what}")
     return order
+
+
+def _terminal_state(gw: Gateway, sn: str) -> tuple[OnlineStatus, str | None, str | None]:
+    """(``terminal_online_status``, ``terminal_state``, when it was received) from
+    the terminal's retained status; offline and None when it never published."""
+    row = gw.store.terminal_status(sn)
+    if row is None:
+        return OnlineStatus.OFFLINE, None, None
+    _status, payload, received_ms = row
+    online = OnlineStatus.ONLINE if gw.faults.online(sn) else OnlineStatus.OFFLINE
+    return online, payload or None, wire_time(received_ms)
 
 
 def _check_merchant(merchant: Merchant, merchant_no: str) -> None:
@@ -117,7 +139,7 @@ async def pay_order(gw: Gateway, merchant: Merchant, fields: dict[str, Any]) -> 
             )
         return Reply(200, existing.create_answer.encode())
 
-    online = gw.store.terminal_online(req.terminal_sn)
+    online = gw.faults.online(req.terminal_sn)  # a sandbox fault may say offline
     if req.reject_trade_when_terminal_offline and not online:
         raise ApiError(
             Code.TERMINAL_OFFLINE,
@@ -135,6 +157,7 @@ async def pay_order(gw: Gateway, merchant: Merchant, fields: dict[str, Any]) -> 
         trans_no=trans_no,
         terminal_online_status=OnlineStatus.ONLINE if online else OnlineStatus.OFFLINE,
         trans_amount=req.trans_amount,
+        terminal_state=_terminal_state(gw, req.terminal_sn)[1],
     )
     reply = gw.ok(result)
     order = Order(
@@ -165,8 +188,9 @@ async def pay_order(gw: Gateway, merchant: Merchant, fields: dict[str, Any]) -> 
         updated_ms=now,
     )
     gw.store.insert_order(order)
+    await gw.faults.occupy(merchant, order)  # sandbox faults (sandbox.faults)
     gw.push_order(order)
-    return reply
+    return await gw.faults.answer(order, reply)
 
 
 def _check_original(gw: Gateway, merchant: Merchant, req: PayOrder) -> str:
@@ -245,11 +269,38 @@ async def order_query(gw: Gateway, merchant: Merchant, fields: dict[str, Any]) -
     req = decode(fields, OrderQuery)
     _check_merchant(merchant, req.merchant_no)
     order = _order_of(gw, merchant, merchant_order_no=req.merchant_order_no, trans_no=req.trans_no)
-    return gw.ok(order.to_info(timeline_text(gw.store, order.trans_no)))
+    online, state, _ = _terminal_state(gw, order.terminal_sn)
+    info = msgspec.structs.replace(
+        order.to_info(timeline_text(gw.store, order.trans_no)),
+        terminal_online_status=online,
+        terminal_state=state,
+    )
+    return gw.ok(info)
+
+
+async def terminal_status(gw: Gateway, merchant: Merchant, fields: dict[str, Any]) -> Reply:
+    req = decode(fields, TerminalQuery)
+    _check_merchant(merchant, req.merchant_no)
+    terminal = gw.store.terminal(req.terminal_sn)
+    if terminal is None or terminal.merchant_no != merchant.merchant_no:
+        raise ApiError(
+            Code.UNKNOWN_TERMINAL,
+            f"unknown terminal_sn {req.terminal_sn} for merchant {merchant.merchant_no}",
+        )
+    online, state, received = _terminal_state(gw, req.terminal_sn)
+    return gw.ok(
+        TerminalInfo(
+            terminal_sn=req.terminal_sn,
+            terminal_online_status=online,
+            terminal_state=state,
+            status_time=received,
+        )
+    )
 
 
 HANDLERS: dict[str, Handler] = {
     Method.PAY_ORDER: pay_order,
     Method.PAY_CLOSE: pay_close,
     Method.ORDER_QUERY: order_query,
+    Method.TERMINAL_STATUS: terminal_status,
 }

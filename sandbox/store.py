@@ -8,10 +8,12 @@ simulated acquirer made (part D), pushes sent and terminal events and status
 received (part C), and result notifications with their delivery state
 (part B).
 
-Status moves (``can_move``) never regress: 1 and 3 are final for good; 2
-(paid) may only become 3 (reversed or voided); 0 may go back to 9 only when
-the sandbox restarted before the acquirer answered (nothing was charged).
-A refused move is logged as a loud warning and changes nothing.
+Status moves (``can_move``) never regress (``cloud.status_rules``): 1 and 3
+are final for good; 2 (paid) may only become 3 (reversed or voided); 0 may go
+back to 9 only when the attempt died in the sandbox before the acquirer
+answered (nothing was charged). A refused move is logged as a loud warning
+and changes nothing; the UPDATE itself is guarded by the status the move was
+checked against, so no other writer's move can be overwritten.
 
 Amounts are stored as their decimal text. Never stored: a full PAN, track
 data or a wallet code (masked PAN only). Not thread-safe: use one ``Store``
@@ -35,25 +37,31 @@ from typing import Any
 
 from cloud import wirejson
 from cloud.messages import OrderInfo, PayScenario, TransStatus, TransType, to_fields
+from cloud.status_rules import FINAL_STATUSES, may_move
 
 log = logging.getLogger(__name__)
 
 S = TransStatus
-FINAL = frozenset({S.CLOSED, S.COMPLETED, S.CANCELLED})
+FINAL = FINAL_STATUSES
 
-# from -> the statuses it may move to
-ALLOWED_MOVES: dict[TransStatus, frozenset[TransStatus]] = {
-    S.PREORDER: frozenset({S.PROCESSING, S.CLOSED, S.CANCELLED}),
-    S.PROCESSING: frozenset({S.PREORDER, S.CLOSED, S.COMPLETED, S.CANCELLED}),
-    S.COMPLETED: frozenset({S.CANCELLED}),
-    S.CLOSED: frozenset(),
-    S.CANCELLED: frozenset(),
-}
+# The gateway's own corrections, the only moves against ``cloud.status_rules``:
+# both are decided here (a reverse or void; an attempt that died in the
+# sandbox before anything was charged), never made by a late report.
+CORRECTIONS = frozenset({(S.COMPLETED, S.CANCELLED), (S.PROCESSING, S.PREORDER)})
 
 
 def can_move(frm: TransStatus, to: TransStatus) -> bool:
-    """Whether an order in ``frm`` may move to ``to`` (the table above)."""
-    return to in ALLOWED_MOVES[frm]
+    """Whether an order in ``frm`` may move to ``to``: forward by the shared
+    rule (but paid only through processing), or one of the ``CORRECTIONS``."""
+    if (frm, to) in CORRECTIONS:
+        return True
+    return may_move(frm, to) and (frm, to) != (S.PREORDER, S.COMPLETED)
+
+
+# from -> the statuses it may move to (``can_move`` as a table, for reading)
+ALLOWED_MOVES: dict[TransStatus, frozenset[TransStatus]] = {
+    frm: frozenset(to for to in S if can_move(frm, to)) for frm in S
+}
 
 
 def wire_time(ms: int) -> str:
@@ -456,6 +464,13 @@ class Store:
         row = self._one("SELECT status FROM terminal_status WHERE sn = ?", sn)
         return row is not None and row["status"] == "online"
 
+    def terminal_status(self, sn: str) -> tuple[str, str, int] | None:
+        """The terminal's last retained status: (status, payload, received ms), or None."""
+        row = self._one("SELECT status, payload, updated_ms FROM terminal_status WHERE sn = ?", sn)
+        if row is None:
+            return None
+        return str(row["status"]), str(row["payload"]), int(row["updated_ms"])
+
     # ------------------------------------------------------------ orders
 
     def insert_order(self, order: Order) -> None:
@@ -496,17 +511,39 @@ class Store:
             if order is None:
                 raise KeyError(trans_no)
             new = replace(order, **changes, updated_ms=_now())
-            self._write(new)
+            if not self._write(new, checked=order.trans_status):
+                log.warning(
+                    "!!! order %s changed status meanwhile: %s not written", trans_no, changes
+                )
+                return self.order(trans_no) or order
         return new
 
-    def _write(self, order: Order) -> None:
+    def _write(self, order: Order, *, checked: TransStatus) -> bool:
+        """Write ``order``'s row only if its status is still ``checked`` (the one
+        the caller judged the change against); False when it was not."""
         row = order.to_row()
         sets = ", ".join(f"{k} = ?" for k in row if k != "trans_no")
         values = [v for k, v in row.items() if k != "trans_no"]
-        self._db.execute(
-            f"UPDATE orders SET {sets} WHERE trans_no = ?",  # noqa: S608
-            (*values, order.trans_no),
+        cur = self._db.execute(
+            f"UPDATE orders SET {sets} WHERE trans_no = ? AND trans_status = ?",  # noqa: S608
+            (*values, order.trans_no, int(checked)),
         )
+        return cur.rowcount == 1
+
+    def _refused(self, seen: Order, to: TransStatus, why: str) -> Order:
+        """Log a move that did not happen; returns the order as it is now."""
+        now = self.order(seen.trans_no) or seen
+        log.warning(
+            "!!! STATUS REGRESSION REFUSED: order %s is %d (%s) and stays so; "
+            "ignored a move to %d (%s) because: %s",
+            now.trans_no,
+            now.trans_status,
+            now.trans_status.name,
+            to,
+            to.name,
+            why,
+        )
+        return now
 
     def move(
         self, trans_no: str, to: TransStatus, *, why: str, now_ms: int | None = None, **changes: Any
@@ -526,17 +563,7 @@ class Store:
             if order.trans_status is to:
                 return order, False
             if not can_move(order.trans_status, to):
-                log.warning(
-                    "!!! STATUS REGRESSION REFUSED: order %s is %d (%s) and stays so; "
-                    "ignored a move to %d (%s) because: %s",
-                    trans_no,
-                    order.trans_status,
-                    order.trans_status.name,
-                    to,
-                    to.name,
-                    why,
-                )
-                return order, False
+                return self._refused(order, to, why), False
             final = to in FINAL
             new = replace(
                 order,
@@ -545,7 +572,9 @@ class Store:
                 updated_ms=now,
                 trans_end_time=wire_time(now) if final else order.trans_end_time,
             )
-            self._write(new)
+            if not self._write(new, checked=order.trans_status):
+                # another writer moved it since it was read: judged on a stale status
+                return self._refused(order, to, f"{why} (status changed meanwhile)"), False
             if final and new.notify_url:
                 self._queue_notification(new, now)
         log.info("order %s: %s -> %s (%s)", trans_no, order.trans_status.name, to.name, why)

@@ -15,6 +15,9 @@ removed on exit and ``bye`` printed. Commands on stdin, one per line:
 * empty line / ``present [NAME]``: present the default (or named) card/code;
 * ``remove``: take the card away (NFC);
 * ``unplug`` / ``replug``: pull the cable / plug it back (new pty, same link);
+* ``garbage``: send line noise (``GARBAGE``) now, as a flaky cable would:
+  between two frames (inside one with ``--chunk`` or ``--pace``); the driver
+  must resynchronise;
 * ``quit``.
 
 ``--auto`` presents by itself: NFC and scanners with an enable command
@@ -215,13 +218,16 @@ async def _command(line: str, sim: _Sim, peer: PtyPeer) -> bool:
     elif word == "unplug":
         peer.unplug()
         _say("unplugged")
+    elif word == "garbage":
+        await peer.write(GARBAGE)
+        _say(f"garbage {len(GARBAGE)} bytes")
     elif word == "replug":
         peer.replug()
         _say(f"replugged {peer.link}")
     elif word in ("quit", "exit", "q"):
         return False
     else:
-        _say("commands: present [NAME] | remove | unplug | replug | quit")
+        _say("commands: present [NAME] | remove | unplug | replug | garbage | quit")
     return True
 
 

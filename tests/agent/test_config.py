@@ -103,6 +103,7 @@ def test_defaults_for_optional_sections() -> None:
     cfg = loads_config(text, base_dir=Path("/etc/sadad-agent"))
     assert cfg.journal.path == DEFAULT_JOURNAL
     assert cfg.ui.socket == DEFAULT_SOCKET
+    assert cfg.ui.result_seconds == 4.0
     assert cfg.readers == {}
     assert cfg.terminal.private_key_file == Path("/etc/sadad-agent/keys/terminal_private.pem")
     assert cfg.source is None
@@ -327,6 +328,11 @@ BAD: list[tuple[str, str, str]] = [
             'public_key_file = "/abs/gateway_public.pem"', 'public_key_file = "/g.pem"\ntimeout = 0'
         ),
         "gateway.timeout: must be a number of seconds 1..120, got 0",
+    ),
+    (
+        "result time",
+        edit('socket = "/run/sadad-agent/agent.sock"', "result_seconds = 0"),
+        "ui.result_seconds: must be a number of seconds 0.1..60, got 0",
     ),
     (
         "empty path",

@@ -199,6 +199,9 @@ async def test_queue_fifo_and_filo_with_busy_event(rig: Rig) -> None:
         await until(lambda: rig.engine.state is not State.APPROVED)
     assert order == ["A", "C", "B"]
     await until(lambda: "busy" in rig.sink.kinds("B"))
+    busy = {e.trans_no: e.reason for e in rig.sink.events if e.event is m.EventKind.BUSY}
+    # B queued behind A: next; C (FILO) jumped ahead of B: next too.
+    assert busy == {"B": "queue position 1", "C": "queue position 1"}
 
 
 async def test_cashier_cancel_cancels_at_gateway(rig: Rig) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.journal import FINAL_PHASES, Journal, JournalError, Phase
+from agent.journal import FINAL_PHASES, MIGRATIONS, Journal, JournalError, Phase
 
 
 def _order(trans_no: str = "TR1", **over: Any) -> dict[str, Any]:
@@ -49,7 +49,27 @@ def test_durability_pragmas(journal: Journal) -> None:
     finally:
         db.close()
     assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert journal.schema_version == 1
+    assert journal.schema_version == len(MIGRATIONS)
+
+
+def test_outbox_drain_reads_only_unsent_events(journal: Journal) -> None:
+    """Sent events stay until pruned: the drain must not scan them."""
+    plan = journal._db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 10"
+    ).fetchall()
+    assert any("outbox_unsent" in row["detail"] for row in plan), [tuple(r) for r in plan]
+
+
+def test_schema_1_journal_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + ";PRAGMA user_version=1;")
+    db.close()
+    journal = Journal(path)
+    try:
+        assert journal.schema_version == len(MIGRATIONS)
+    finally:
+        journal.close()
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:
@@ -118,6 +138,8 @@ def test_outbox_and_hops(journal: Journal) -> None:
     journal.hop("TR1", "journaled", 12)
     journal.hop("TR1", "journaled", 99)  # first time wins
     assert journal.hops("TR1") == {"push_received": 10, "journaled": 12}
+    journal.hop("TR1", "answered", 7)  # after a restart with the clock behind
+    assert journal.hops("TR1") == {"push_received": 10, "journaled": 12, "answered": 12}
     first = journal.enqueue_event("received", "m1", "TR1")
     journal.enqueue_event("paid", "m1", "TR1")
     assert [e.kind for e in journal.pending_events()] == ["received", "paid"]

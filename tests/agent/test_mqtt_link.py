@@ -395,6 +395,26 @@ async def test_events_and_retained_status(broker: MosquittoBroker) -> None:
             assert json.loads(retained.payload)["status"] == "offline"
 
 
+async def test_status_published_on_change_only_and_bursts_coalesced(
+    broker: MosquittoBroker,
+) -> None:
+    """An unchanged status is not published again; a burst of changes made
+    without yielding (as the engine makes them) is one publish of the first
+    change and, after its PUBACK, one of the latest: never a flood."""
+    with peer(broker.host, broker.port, STATUS, client_id="tms") as tms:
+        async with terminal(broker.url) as term:
+            assert status_of(await tms.next_on(STATUS)).screen is Screen.IDLE
+            term.link.status_changed()  # nothing changed
+            for screen in [Screen.READING, Screen.AUTHORIZING, Screen.RESULT] * 10:
+                term.screen = screen
+                term.link.status_changed()
+            await term.link.publish_status()  # returns once nothing is in flight
+            term.screen = Screen.WAITING_FOR_CARD  # a marker: nothing was sent in between
+            await term.link.publish_status()
+            seen = [status_of(await tms.next_on(STATUS)).screen for _ in range(3)]
+            assert seen == [Screen.READING, Screen.RESULT, Screen.WAITING_FOR_CARD]
+
+
 # ---------------------------------------------------------------- test_connection
 
 

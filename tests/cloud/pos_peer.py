@@ -3,7 +3,10 @@
 It speaks the real envelope (``cloud.envelope``): it verifies each request
 with the POS public key and answers signed with the gateway key, keeps
 orders (a repeat create with the same fields gets the first answer, with
-other fields a failure; close only in status 9), and can be told to
+other fields a failure; close only in status 9; a create asking
+``reject_trade_when_terminal_offline`` fails with 40903 while ``online`` is
+OFFLINE), answers the sandbox's ``sandbox.terminal.status`` from ``online``
+and ``terminal_state``, and can be told to
 misbehave: drop the connection before or after processing, answer 5xx,
 answer unsigned, badly signed or non-JSON. Served with
 ``httpx.MockTransport``. ``FakeClock`` replaces the wall clock.
@@ -33,6 +36,8 @@ from cloud.messages import (
     OrderQuery,
     PayOrder,
     PayOrderResult,
+    TerminalInfo,
+    TerminalQuery,
     TransStatus,
     decode,
     to_fields,
@@ -120,6 +125,7 @@ class GatewayPeer:
     faults: list[tuple[str | None, str]] = field(default_factory=list)
     query_script: list[OrderInfo | tuple[str, str]] = field(default_factory=list)
     online: OnlineStatus = OnlineStatus.ONLINE
+    terminal_state: str | None = None  # the sandbox extension, as JSON text
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _signed: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
@@ -239,6 +245,15 @@ class GatewayPeer:
             return self._query(decode(fields, OrderQuery), fault)
         if method == Method.PAY_CLOSE:
             return self._close(decode(fields, CloseOrder), fault)
+        if method == Method.TERMINAL_STATUS:
+            query = decode(fields, TerminalQuery)
+            info = TerminalInfo(
+                terminal_sn=query.terminal_sn,
+                terminal_online_status=self.online,
+                terminal_state=self.terminal_state,
+                status_time=None if self.terminal_state is None else "2030-01-01 12:00:00",
+            )
+            return self._answer(info, fault=fault)
         return self._answer(None, code="METHOD_NOT_SUPPORTED", msg=method, fault=fault)
 
     def _create(self, order: PayOrder, fault: str | None) -> httpx.Response:
@@ -253,6 +268,8 @@ class GatewayPeer:
                     fault=fault,
                 )
             return self._answer(known.result, fault=fault)
+        if order.reject_trade_when_terminal_offline and self.online is OnlineStatus.OFFLINE:
+            return self._answer(None, code="40903", msg="terminal offline", fault=fault)
         trans_no = f"TN{next(self._ids):06d}"
         result = PayOrderResult(
             message_id=f"MSG{trans_no}",

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud import cli
+from cloud import cli, wirejson
 from cloud.backoff import Backoff
 from cloud.config import PosConfig
 from cloud.messages import Method, OnlineStatus, TransStatus
@@ -433,3 +433,124 @@ def test_cloud_needs_no_server_side_packages() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- fail fast, timeline, terminal
+
+
+def test_push_to_an_offline_terminal_fails_fast(run: Runner, peer: GatewayPeer) -> None:
+    peer.online = OnlineStatus.OFFLINE
+    code, out, _ = run(*PUSH, "--reject-offline", "--json")
+    assert code == 4
+    error = json.loads(out)["error"]
+    assert (error["kind"], error["code"]) == ("terminal_offline", "40903")
+    assert len(peer.calls) == 1
+
+
+def _timeline(*events: tuple[str, str | None, dict[str, int]]) -> str:
+    return wirejson.dumps(
+        [
+            {"event": e, "message_id": "M", "timestamp": "1", "received_ms": 1, "reason": r}
+            | ({"hops": h} if h else {})
+            for e, r, h in events
+        ]
+    )
+
+
+def test_push_wait_on_a_busy_terminal_says_so(run: Runner, peer: GatewayPeer) -> None:
+    busy = _timeline(("received", None, {}), ("busy", "queue position 1", {}))
+    for order_no, json_mode in (("B-1", ()), ("B-2", ("--json",))):
+        info = peer.info(order_no, terminal_timeline=busy, terminal_online_status="ONLINE")
+        peer.query_script = [info] * 50
+        code, out, err = run(
+            *PUSH, "--order-no", order_no, "--wait", "--timeout", "1.5", *json_mode
+        )
+        assert code == 3
+        if not json_mode:
+            waits = "terminal busy: the order waits in its queue at position 1"
+            assert f"PREORDER (waiting for the customer; {waits})" in err  # the progress line
+            assert (
+                f"sadad-pos: order B-1 not final after 1.5 s (last status PREORDER; {waits})" in err
+            )
+    result = json.loads(out)
+    assert result["error"]["kind"] == "terminal_busy"
+    assert result["order"]["waiting"] == "terminal busy: the order waits in its queue at position 1"
+
+
+def test_query_prints_the_terminal_timeline(run: Runner, peer: GatewayPeer) -> None:
+    hops = {"push_received": 1000, "journaled": 1004, "acknowledged": 1005, "shown": 1020}
+    paid = peer.info(
+        "T-1",
+        TransStatus.COMPLETED,
+        terminal_timeline=_timeline(
+            ("received", None, {"push_received": 1000}), ("paid", None, hops)
+        ),
+        terminal_online_status="ONLINE",
+    )
+    peer.query_script = [paid, paid]
+    code, out, _ = run("query", "--order-no", "T-1")
+    assert code == 0
+    assert out.splitlines()[-6:] == [
+        "terminal timeline (sandbox; ms since the terminal received the push):",
+        "  push_received               0 ms",
+        "  journaled                   4 ms  +4 ms",
+        "  acknowledged                5 ms  +1 ms",
+        "  shown                      20 ms  +15 ms",
+        "terminal events: received, paid",
+    ]
+    code, out, _ = run("query", "--order-no", "T-1", "--json")
+    order = json.loads(out)["order"]
+    assert order["terminal_hops"][-1] == {
+        "name": "shown",
+        "at_ms": 1020,
+        "since_ms": 20,
+        "gap_ms": 15,
+    }
+    assert [e["event"] for e in order["terminal_timeline"]] == ["received", "paid"]
+    assert order["terminal_timeline"][1]["hops"] == hops
+
+
+def test_terminal_command(run: Runner, peer: GatewayPeer) -> None:
+    code, out, _ = run("terminal", "T0001")
+    assert (code, out) == (0, "T0001 ONLINE\n  the terminal never published a status\n")
+    peer.terminal_state = wirejson.dumps(
+        {
+            "status": "online",
+            "timestamp": "1",
+            "keepalive": 5,
+            "screen": "WAITING_FOR_CONFIRM",
+            "readers": {"nfc": "ready", "msr": "offline"},
+            "queue": 3,
+        }
+    )
+    code, out, _ = run("terminal", "T0001")
+    assert code == 0
+    assert out.splitlines() == [
+        "T0001 ONLINE (status received 2030-01-01 12:00:00 UTC)",
+        "  screen     WAITING_FOR_CONFIRM",
+        "  readers    nfc ready, msr offline",
+        "  queue      3 waiting",
+        "  keepalive  5 s (a silent loss shows as offline within 8 s)",
+    ]
+    peer.online = OnlineStatus.OFFLINE
+    peer.terminal_state = wirejson.dumps({"status": "offline", "timestamp": "1", "keepalive": 30})
+    code, out, _ = run("--json", "terminal", "T0001")
+    assert code == 1
+    assert json.loads(out) == {
+        "ok": False,
+        "exit_code": 1,
+        "terminal": {
+            "terminal_sn": "T0001",
+            "terminal_online_status": "OFFLINE",
+            "terminal_state": {
+                "status": "offline",
+                "timestamp": "1",
+                "keepalive": 30,
+                "screen": None,
+                "readers": {},
+                "queue": 0,
+            },
+            "status_time": "2030-01-01 12:00:00",
+            "offline_within_s": 45,
+        },
+    }

@@ -117,6 +117,8 @@ async def test_magstripe_sim_commands_unplug_replug_quit(tmp_path: Path) -> None
             card = await asyncio.wait_for(reader.next_presentation(), 5)
             assert isinstance(card, CardRead)
             assert card.brand == "MasterCard"
+            await sim.send("garbage")  # line noise before the next swipe
+            assert await sim.line() == "garbage 4 bytes"
             await sim.send("")  # Enter: the default card
             assert await sim.line() == "swiped visa"
             card = await asyncio.wait_for(reader.next_presentation(), 5)

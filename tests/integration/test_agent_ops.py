@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.engine import HOPS
 from cloud.messages import TransStatus
+from cloud.timeline import HOPS
 from tests.integration.agent_rig import Terminal, running_terminal, scan_for_card_data
 from tests.integration.conftest import REPO, SandboxHandle, wait_until
 

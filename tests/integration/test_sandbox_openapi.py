@@ -23,7 +23,9 @@ from cloud.messages import (
     PushClose,
     PushOrder,
     PushTopic,
+    TerminalInfo,
     TransStatus,
+    terminal_state,
 )
 from cloud.signing import generate_key_pem, load_private_key, load_public_key
 from tests.integration.conftest import SandboxHandle, TerminalSubscriber, order_fields, wait_until
@@ -193,11 +195,36 @@ def test_terminal_online_status_and_offline_rejection(sandbox: SandboxHandle) ->
 
     result = wait_until(accepted)
     assert result.terminal_online_status == "ONLINE"
+    # Sandbox extensions: the retained status beside the create, the query and
+    # in sandbox.terminal.status.
+    created_state = terminal_state(result.terminal_state)
+    assert created_state is not None
+    assert (created_state.status, created_state.keepalive) == ("online", 30)
+    info = sandbox.open_ok(
+        sandbox.pos_call(Method.ORDER_QUERY, {"merchant_no": "M0001", "trans_no": result.trans_no}),
+        OrderInfo,
+    )
+    assert info.terminal_online_status == "ONLINE"
+    assert terminal_state(info.terminal_state) == created_state
+
+    def terminal(sn: str) -> TerminalInfo:
+        resp = sandbox.pos_call(Method.TERMINAL_STATUS, {"merchant_no": "M0001", "terminal_sn": sn})
+        return sandbox.open_ok(resp, TerminalInfo)
+
+    online = terminal("T103")
+    assert online.terminal_online_status == "ONLINE"
+    assert online.status_time
+    assert terminal_state(online.terminal_state) == created_state
+    missing = sandbox.pos_call(
+        Method.TERMINAL_STATUS, {"merchant_no": "M0001", "terminal_sn": "NOPE"}
+    )
+    assert sandbox.answer(missing)["code"] == "40401"
 
     sandbox.set_terminal_status("T103", "offline")
     wait_until(
         lambda: sandbox.answer(sandbox.pos_call(Method.PAY_ORDER, strict))["code"] == "40903"
     )
+    assert terminal("T103").terminal_online_status == "OFFLINE"
 
 
 def test_void_and_refund_need_a_paid_original(

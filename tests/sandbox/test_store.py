@@ -186,10 +186,12 @@ def test_terminals_and_status(store: Store) -> None:
     assert terminal is not None
     assert terminal.app_id == "SN1"
     assert not store.terminal_online("SN1")
+    assert store.terminal_status("SN1") is None
     store.set_terminal_status("SN1", "online", "{}", 1)
     assert store.terminal_online("SN1")
-    store.set_terminal_status("SN1", "offline", "{}", 2)
+    store.set_terminal_status("SN1", "offline", '{"status":"offline"}', 2)
     assert not store.terminal_online("SN1")
+    assert store.terminal_status("SN1") == ("offline", '{"status":"offline"}', 2)
     store.set_state("k", "v")
     assert store.get_state("k") == "v"
     assert store.get_state("missing") is None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
 from textual.widgets import Input, TextArea
 
 from agent import bridge_protocol as bp
@@ -11,6 +13,7 @@ from agent.config import load_config
 from cloud.messages import Screen
 from tests.ui.conftest import ORDER, PIN, ScriptedAgent, make_app, screen_text, until, write_config
 from ui.app import CheckoutApp
+from ui.screens import setup as setup_screen
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.setup import SetupScreen
 
@@ -85,6 +88,27 @@ async def test_too_many_wrong_pins_lock_out_across_reopening(
         await _enter_pin(pilot, app, PIN)
         await until(pilot, lambda: _shows(app, "Too many wrong PINs: try again in 60 s."))
         assert "Broker URL" not in screen_text(app)
+
+
+async def test_pin_entered_while_it_loads_is_checked_once_loaded(
+    agent: ScriptedAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = threading.Event()
+    load_pin = setup_screen._load_pin
+
+    def slow_load(path: Path) -> str | None:
+        loaded.wait(5)
+        return load_pin(path)
+
+    monkeypatch.setattr(setup_screen, "_load_pin", slow_load)
+    app = make_app(agent.path, write_config(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open(pilot, app)
+        await pilot.press(*PIN, "enter")  # typed before the config is read
+        await pilot.pause(0.05)
+        assert "Broker URL" not in screen_text(app)
+        loaded.set()
+        await until(pilot, lambda: _shows(app, "Broker URL", "Terminal SN"))
 
 
 async def test_no_pin_configured_stays_locked(agent: ScriptedAgent, tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ class SetupScreen(ModalScreen[None]):
         self.guard = guard
         self.unlocked = False
         self.expected_pin: str | None = None
+        self.early_pin: str | None = None  # submitted before the PIN was loaded
         self.loaded: EcrHubSettings | None = None
 
     def compose(self) -> ComposeResult:
@@ -123,12 +124,21 @@ class SetupScreen(ModalScreen[None]):
             )
             return
         self.expected_pin = pin
+        if self.early_pin is not None:
+            self.check_pin(self.early_pin)
 
     def on_pin_prompt_submitted(self, event: PinPrompt.Submitted) -> None:
-        prompt = self.query_one(PinPrompt)
         if self.expected_pin is None:
+            # Still loading (a fast typist): checked once loaded, not lost.
+            self.early_pin = event.pin
             return
-        verdict = self.guard.check(event.pin, self.expected_pin, self.clock())
+        self.check_pin(event.pin)
+
+    def check_pin(self, pin: str) -> None:
+        assert self.expected_pin is not None
+        self.early_pin = None
+        prompt = self.query_one(PinPrompt)
+        verdict = self.guard.check(pin, self.expected_pin, self.clock())
         if verdict == "ok":
             self.unlock()
         elif verdict == "locked":
