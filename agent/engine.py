@@ -280,22 +280,28 @@ class Engine:
             "expires_at": biz.expires_at,
             "queue_mode": biz.order_queue_mode.value,
         }
-        if not self.journal.record_order(push.message_id, fields):
-            log.info("order %s pushed again under a new message: ignored", biz.trans_no)
-            return
-        journaled = self.clock.ms()
-        self.journal.hop(biz.trans_no, "push_received", received)
-        self.journal.hop(biz.trans_no, "journaled", journaled)
-        self.journal.enqueue_event("received", push.message_id, biz.trans_no)
         busy = self.current is not None or bool(self.queue)
+        # One commit (one fsync: the money rule needs it before the PUBACK;
+        # more would only delay the order on screen).
+        with self.journal.batch():
+            if not self.journal.record_order(push.message_id, fields):
+                log.info("order %s pushed again under a new message: ignored", biz.trans_no)
+                return
+            self.journal.enqueue_event("received", push.message_id, biz.trans_no)
+            if busy:  # the TMS learns where the order waits (cloud.timeline.busy_reason)
+                mode = biz.order_queue_mode.value
+                position = 1 if mode == m.QueueMode.FILO.value else len(self.queue) + 1
+                self.journal.enqueue_event(
+                    "busy", push.message_id, biz.trans_no, busy_reason(position)
+                )
+        self.journal.hop(biz.trans_no, "push_received", received)
+        self.journal.hop(biz.trans_no, "journaled", self.clock.ms())
         self._enqueue(biz.trans_no, biz.order_queue_mode.value)
-        if busy:  # the TMS learns where the order waits (cloud.timeline.busy_reason)
-            position = self.queue.index(biz.trans_no) + 1
-            self.journal.enqueue_event("busy", push.message_id, biz.trans_no, busy_reason(position))
         # Durable: the link sends the PUBACK as soon as this returns.
         self.journal.hop(biz.trans_no, "acknowledged", self.clock.ms())
-        self._outbox_wake.set()
         self._inbox.put_nowait(("next", None))
+        if busy:  # else the worker shows it first and wakes the outbox then
+            self._outbox_wake.set()
         log.info(
             "order %s journaled: %s%s",
             biz.trans_no,
@@ -412,7 +418,9 @@ class Engine:
 
     async def on_enter_OFFERED(self, *_: Any, **__: Any) -> None:
         cur = self._cur()
-        self.journal.set_phase(cur.tx.trans_no, Phase.OFFERED)
+        # The order was journaled when pushed; the screen first, then the
+        # phase and the event in one commit (the UI bridge writes on its next
+        # turn of the loop: yield it one before the fsync blocks the loop).
         self.view = ScreenView(
             screen=State.OFFERED.screen(cur.tx.confirm),
             order=self._order_view(cur.tx),
@@ -420,7 +428,10 @@ class Engine:
         )
         self._show()
         self._hop("shown")
-        self.journal.enqueue_event("displayed", cur.tx.message_id, cur.tx.trans_no)
+        await asyncio.sleep(0)
+        with self.journal.batch():
+            self.journal.set_phase(cur.tx.trans_no, Phase.OFFERED)
+            self.journal.enqueue_event("displayed", cur.tx.message_id, cur.tx.trans_no)
         self._outbox_wake.set()
         if not cur.tx.confirm:
             await self.trigger("begin")  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ user_version``).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import re
@@ -254,6 +255,8 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._depth = 0  # open transactions (``batch``)
+        self._hops: list[tuple[str, str, int]] = []  # written with the next commit
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -289,18 +292,35 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._depth:  # inside ``batch``: its commit covers this write
+            yield self._db
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
             try:
                 yield self._db
+                self._write_hops(self._db)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth -= 1
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise JournalError(f"journal write failed: {exc}") from exc
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several writes in one commit (one fsync): they become durable
+        together when the block ends, and not at all if it raises."""
+        with self._tx():
+            yield
+
     def close(self) -> None:
+        if self._hops:  # the last hops, written on the way out
+            with contextlib.suppress(JournalError), self._tx():
+                pass
         self._db.close()
 
     @property
@@ -493,8 +513,16 @@ class Journal:
         """Record when a hop was reached (first time only). The engine's clock is
         monotonic within a run; a hop recorded after a restart whose wall clock
         is behind the payment's latest hop is raised to it, so a timeline never
-        goes back."""
-        with self._tx() as db:
+        goes back.
+
+        Timing data is not worth an fsync of its own: a hop is kept in memory
+        and written with the next commit, which always follows (the outbox row
+        or phase of the same step). A crash may lose the last hops, nothing
+        else."""
+        self._hops.append((trans_no, name, at_ms))
+
+    def _write_hops(self, db: sqlite3.Connection) -> None:
+        for trans_no, name, at_ms in self._hops:
             row = db.execute("SELECT MAX(at_ms) FROM hops WHERE trans_no=?", (trans_no,))
             latest = row.fetchone()[0]
             if latest is not None and at_ms < latest:
@@ -506,12 +534,18 @@ class Journal:
                 )
                 at_ms = latest
             db.execute("INSERT OR IGNORE INTO hops VALUES (?,?,?)", (trans_no, name, at_ms))
+        self._hops.clear()
 
     def hops(self, trans_no: str) -> dict[str, int]:
+        """The hops of ``trans_no``, the ones not yet written included."""
         rows = self._db.execute(
             "SELECT name, at_ms FROM hops WHERE trans_no=? ORDER BY at_ms, rowid", (trans_no,)
         ).fetchall()
-        return {r["name"]: r["at_ms"] for r in rows}
+        hops = {r["name"]: r["at_ms"] for r in rows}
+        for tn, name, at_ms in self._hops:
+            if tn == trans_no:
+                hops.setdefault(name, max(at_ms, *hops.values()) if hops else at_ms)
+        return hops
 
     # ------------------------------------------------------------ outbox
 

@@ -198,3 +198,47 @@ def test_property_first_final_wins(
             assert row.phase is first_final
     finally:
         j.close()
+
+
+def test_batch_is_one_commit_or_nothing(journal: Journal) -> None:
+    """``batch`` makes a push's rows durable together: a failure inside leaves none."""
+    with pytest.raises(RuntimeError), journal.batch():
+        assert journal.record_order("m1", _order("TR1"))
+        journal.enqueue_event("received", "m1", "TR1")
+        raise RuntimeError("power cut")
+    assert journal.get("TR1") is None
+    assert journal.pending_events() == []
+    with journal.batch():
+        assert journal.record_order("m1", _order("TR1"))
+        journal.enqueue_event("received", "m1", "TR1")
+    other = sqlite3.connect(journal.path)  # what another process (journal --show) sees
+    try:
+        assert other.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+    finally:
+        other.close()
+
+
+def test_hops_ride_with_the_next_commit(journal: Journal) -> None:
+    """A hop costs no fsync of its own: it is written with the next commit, and
+    ``hops`` shows it before that."""
+    journal.record_order("m1", _order("TR1"))
+
+    def on_disk() -> int:
+        other = sqlite3.connect(journal.path)
+        try:
+            return int(other.execute("SELECT COUNT(*) FROM hops").fetchone()[0])
+        finally:
+            other.close()
+
+    journal.hop("TR1", "shown", 1000)
+    assert journal.hops("TR1") == {"shown": 1000}
+    assert on_disk() == 0
+    journal.set_phase("TR1", Phase.OFFERED)
+    assert on_disk() == 1
+    journal.hop("TR1", "card_presented", 1500)
+    journal.close()  # written on the way out
+    reopened = Journal(journal.path)
+    try:
+        assert reopened.hops("TR1") == {"shown": 1000, "card_presented": 1500}
+    finally:
+        reopened.close()
