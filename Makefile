@@ -56,8 +56,11 @@ check: venv
 demo: deps
 	$(BIN)/python -m sandbox.demo --data $(DEMO_DATA) $(if $(DEMO_HEADLESS),--headless)
 
+# Each prints a table and one JSON line; BENCH_ARGS=--quick runs each in under
+# a minute. The 5,000-sale soak takes long: `make bench BENCHES=soak`.
+BENCHES ?= emv_read push_to_screen sale_e2e pos_client footprint soak
 bench: deps
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python benchmarks/$$b.py $(BENCH_ARGS) || exit 1; done
 
 # On a terminal (as root): venv under /opt, user, units, udev rules, example config.
 install:
