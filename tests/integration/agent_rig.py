@@ -263,21 +263,21 @@ class Terminal:
             link = self.workdir / f"{name}.tty"
             self.sims[name] = Sim(kind, link, self.workdir / f"{name}.log", *args)
             specs[name] = spec.format(link)
-        try:
+        try:  # a failure anywhere here must not leave the simulators running
             self.config = self.sandbox.provision(self.sn, specs)
             for sim in self.sims.values():
                 sim.wait_ready()
+            doc = tomlkit.parse(self.config.read_text())
+            gateway = doc["gateway"]
+            assert isinstance(gateway, tomlkit.items.Table)
+            gateway["timeout"] = self.gateway_timeout
+            gateway["resolve_deadline"] = self.resolve_deadline
+            self.config.write_text(tomlkit.dumps(doc))
+            self.pos = PosClient(load_config(self.sandbox.pos_config))
         except BaseException:
             for sim in self.sims.values():
                 sim.stop()
             raise
-        doc = tomlkit.parse(self.config.read_text())
-        gateway = doc["gateway"]
-        assert isinstance(gateway, tomlkit.items.Table)
-        gateway["timeout"] = self.gateway_timeout
-        gateway["resolve_deadline"] = self.resolve_deadline
-        self.config.write_text(tomlkit.dumps(doc))
-        self.pos = PosClient(load_config(self.sandbox.pos_config))
 
     # ------------------------------------------------------------ paths
 
