@@ -202,10 +202,15 @@ def test_property_first_final_wins(
 
 def test_batch_is_one_commit_or_nothing(journal: Journal) -> None:
     """``batch`` makes a push's rows durable together: a failure inside leaves none."""
-    with pytest.raises(RuntimeError), journal.batch():
-        assert journal.record_order("m1", _order("TR1"))
-        journal.enqueue_event("received", "m1", "TR1")
-        raise RuntimeError("power cut")
+
+    def push_then_power_cut() -> None:
+        with journal.batch():
+            assert journal.record_order("m1", _order("TR1"))
+            journal.enqueue_event("received", "m1", "TR1")
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        push_then_power_cut()
     assert journal.get("TR1") is None
     assert journal.pending_events() == []
     with journal.batch():
