@@ -19,6 +19,8 @@ CR / LF / CRLF suffixes; terminal-side.md sections 3.1 and 3.2):
   terminator (the driver calls it after an idle gap); ``discard_current()``
   drops the unfinished message including its bytes still to come, used when a
   reader is armed in the middle of a message that began before the arming.
+  ``skipped`` counts the messages dropped up to their terminator (discarded or
+  overlong): the device did finish a read.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class LineFramer:
         self.suffix = suffix
         self.max_len = max_len
         self.overflows = 0
+        self.skipped = 0
         self._buf = bytearray()
         self._skipping = False
 
@@ -71,6 +74,7 @@ class LineFramer:
         self._buf.clear()
         skipping, self._skipping = self._skipping, False
         if skipping:
+            self.skipped += 1
             return None
         if self.prefix and message.startswith(self.prefix):
             message = message[len(self.prefix) :]

@@ -7,7 +7,10 @@ Contract (on top of ``drivers.base.Reader``):
   long as it is open, armed or not. A message that arrives while the reader
   is disarmed is read and discarded (logged by size only): a swipe or scan
   between payments is never used for the next one. Arming in the middle of a
-  message discards that message too (``LineFramer.discard_current``).
+  message discards that message too (``LineFramer.discard_current``; noise
+  shortly before arming counts as one, so the next message goes with it), and
+  ``on_message`` still runs for it: the device finished a read (a Honeywell
+  trigger must be renewed, or the scanner stays off until ``retrigger``).
 * ``next_presentation()`` returns the next message decoded by the subclass's
   ``decode()`` (which raises ``CardDataError`` / ``CardNotSupported``; the
   reader stays armed). When the port fails (unplugged, EIO), the pump stops
@@ -137,7 +140,8 @@ class StreamReader(Reader):
         """Disable the device if the model has one."""
 
     async def on_message(self) -> None:
-        """Called by the pump after each message received while armed."""
+        """Called by the pump after each message received while armed (one
+        dropped whole by the framer included)."""
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -263,8 +267,11 @@ class StreamReader(Reader):
                         )
                         self.framer.reset()
                     continue
+                skipped = self.framer.skipped
                 for message in self.framer.feed(data):
                     await self._deliver(message)
+                if self.framer.skipped != skipped and self._armed:
+                    await self.on_message()
         except ReaderOffline as exc:
             log.warning("reader %s offline: %s", self.name, exc)
             self._failure = exc

@@ -223,6 +223,31 @@ async def test_honeywell_trigger_commands_and_probe(peer: PtyPeer) -> None:
         await _stop(task)
 
 
+async def test_honeywell_retriggered_after_a_scan_lost_to_noise(peer: PtyPeer) -> None:
+    """Noise just before arming swallows the first scan (it is taken for a
+    message begun before the arming); the trigger that scan used up is renewed
+    at once, not only at ``retrigger`` (found by benchmarks/soak.py)."""
+    sim = ScannerSim(peer, model="honeywell")
+    task = await _run_sim(sim)
+    reader = ScannerReader("qr", peer.link, {"model": "honeywell"})  # retrigger 20 s
+    try:
+        await reader.open()
+        await peer.write(b"\x00\xff\x80\xfe")  # line noise, no terminator
+        await _until(lambda: reader.framer.pending > 0)
+        await reader.arm(CTX)
+        await _until(lambda: sim.enabled)
+        assert (await sim.present("wechat")).startswith("scanned")  # dropped with the noise
+        await _until(lambda: reader.framer.skipped == 1)
+        await _until(lambda: sim.enabled)
+        await sim.present("alipay")
+        code = await asyncio.wait_for(reader.next_presentation(), 2)
+        assert isinstance(code, WalletCode)
+        assert code.wallet is WalletKind.ALIPAY
+    finally:
+        await reader.close()
+        await _stop(task)
+
+
 async def test_honeywell_retriggers_periodically(peer: PtyPeer) -> None:
     sim = ScannerSim(peer, model="honeywell")
     task = await _run_sim(sim)
