@@ -56,6 +56,7 @@ class CheckoutScreen(Screen[None]):
         self.ascii_only = ascii_only
         self.hint = hint
         self._ready = False
+        self._keys: tuple[bool, bool, bool] | None = None  # the keys last offered
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -89,7 +90,13 @@ class CheckoutScreen(Screen[None]):
         self.query_one(ContentSwitcher).current = panel
         self.query_one("#body").set_classes(f"-{panel}")
         self.query_one(QueueIndicator).show(view)
-        self.refresh_bindings()
+        # Only when a key's availability changed: each refresh makes the Footer
+        # recompose its keys, and the old ones are never freed (Textual#6666:
+        # ~30 MB per 1,000 sales when done on every event).
+        keys = (view.can_confirm, view.can_cancel, view.busy)
+        if keys != self._keys:
+            self._keys = keys
+            self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "confirm":
