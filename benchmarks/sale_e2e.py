@@ -64,25 +64,14 @@ from cloud.messages import TransStatus
 from cloud.notify_server import NotifyServer, notification_handler
 from cloud.pos import AsyncPosClient
 from cloud.signing import load_private_key, load_public_key
+from cloud.timeline import HOPS
 from drivers.base import CardRead, EntryMode
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import SandboxHandle
 
 WARMUP = 3
 AMOUNT = Decimal("12.30")
-AGENT_HOPS = (
-    "push_received",
-    "journaled",
-    "acknowledged",
-    "shown",
-    "card_presented",
-    "card_read",
-    "payment_journaled",
-    "sent",
-    "answered",
-    "result_shown",
-    "event_published",
-)
+AGENT_HOPS = HOPS
 # Each stage, named by the milestone that ends it, and what happens in it.
 STAGES = {
     "created": "POS create call answered",

@@ -2,8 +2,8 @@
 
 It only shows a ``CheckoutView`` (``show(view)``, called by the app on every
 agent event) and turns keys into messages for the app: ``CashierIntent``
-(Enter/F1 confirm, Esc/F4 cancel) and ``OpenSetup`` (F2). The footer shows
-only the keys that work now.
+(Enter/F1 confirm, Esc/F4 cancel) and ``OpenSetup`` (F2). The last line shows
+only the keys that work now (``KeyHints``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, Footer
+from textual.widgets import ContentSwitcher
 
 from ui.messages import CashierIntent, OpenSetup
 from ui.view import CheckoutView
 from ui.widgets.agent_lost import AgentLostPanel
 from ui.widgets.idle_panel import IdlePanel
+from ui.widgets.key_hints import KeyHints
 from ui.widgets.order_panel import OrderPanel
 from ui.widgets.queue_indicator import QueueIndicator
 from ui.widgets.result_panel import ResultPanel
@@ -56,7 +57,6 @@ class CheckoutScreen(Screen[None]):
         self.ascii_only = ascii_only
         self.hint = hint
         self._ready = False
-        self._keys: tuple[bool, bool, bool] | None = None  # the keys last offered
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -66,7 +66,7 @@ class CheckoutScreen(Screen[None]):
             yield OrderPanel(self.clock, ascii_only=self.ascii_only, id="order")
             yield ResultPanel(ascii_only=self.ascii_only, id="result")
         yield QueueIndicator(id="queue")
-        yield Footer(show_command_palette=False)
+        yield KeyHints(id="keys")
 
     def on_mount(self) -> None:
         self._ready = True
@@ -90,13 +90,13 @@ class CheckoutScreen(Screen[None]):
         self.query_one(ContentSwitcher).current = panel
         self.query_one("#body").set_classes(f"-{panel}")
         self.query_one(QueueIndicator).show(view)
-        # Only when a key's availability changed: each refresh makes the Footer
-        # recompose its keys, and the old ones are never freed (Textual#6666:
-        # ~30 MB per 1,000 sales when done on every event).
-        keys = (view.can_confirm, view.can_cancel, view.busy)
-        if keys != self._keys:
-            self._keys = keys
-            self.refresh_bindings()
+        self.query_one(KeyHints).show(
+            tuple(
+                (b.key_display or b.key, b.description)
+                for b in self.BINDINGS
+                if isinstance(b, Binding) and self.check_action(b.action, ())
+            )
+        )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "confirm":
