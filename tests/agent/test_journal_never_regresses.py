@@ -21,6 +21,7 @@ from cloud.status_rules import Verdict
 from tests.agent.simpeers import SimGateway, push_order, until
 from tests.agent.test_engine import VISA, _make
 from tests.agent.test_journal import _order
+from tests.log_records import log_records
 
 WAITING = (Phase.OFFERED, Phase.AWAITING_PAYMENT)
 RANK = {
@@ -70,15 +71,6 @@ def streams(draw: st.DrawFn) -> list[Op]:
     return draw(st.permutations(base + again))
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def _read(path: Path) -> tuple[Phase, bool, bool]:
     """(phase, final, attempted) as a third connection sees it."""
     with sqlite3.connect(path) as db:
@@ -93,26 +85,23 @@ def _read(path: Path) -> tuple[Phase, bool, bool]:
 def test_phases_never_regress(tmp_path_factory: pytest.TempPathFactory, stream: list[Op]) -> None:
     path = tmp_path_factory.mktemp("j") / "j.db"
     writers = (Journal(path), Journal(path))
-    records = _Records()
-    logger = logging.getLogger("agent.journal")
-    logger.addHandler(records)
     try:
-        writers[0].record_order("m1", _order())
-        seen = [_read(path)]
-        first_final: Phase | None = None
-        for n, (kind, phase, who) in enumerate(stream):
-            journal = writers[who]
-            if kind == "attempt":
-                journal.new_attempt("TR1", f"R-{n}", "card")
-            elif kind == "phase":
-                journal.set_phase("TR1", phase)
-            else:
-                moved = journal.finish("TR1", phase)
-                assert moved == (first_final is None)
-                first_final = first_final or phase
-            seen.append(_read(path))
+        with log_records("agent.journal") as records:
+            writers[0].record_order("m1", _order())
+            seen = [_read(path)]
+            first_final: Phase | None = None
+            for n, (kind, phase, who) in enumerate(stream):
+                journal = writers[who]
+                if kind == "attempt":
+                    journal.new_attempt("TR1", f"R-{n}", "card")
+                elif kind == "phase":
+                    journal.set_phase("TR1", phase)
+                else:
+                    moved = journal.finish("TR1", phase)
+                    assert moved == (first_final is None)
+                    first_final = first_final or phase
+                seen.append(_read(path))
     finally:
-        logger.removeHandler(records)
         for journal in writers:
             journal.close()
 
@@ -128,7 +117,7 @@ def test_phases_never_regress(tmp_path_factory: pytest.TempPathFactory, stream: 
     if first_final is not None:
         assert final_phase is first_final
         refused = {p for kind, p, _ in stream if kind == "finish" and p is not first_final}
-        conflicts = [r for r in records.records if r.getMessage().startswith("CONFLICT")]
+        conflicts = [r for r in records if r.getMessage().startswith("CONFLICT")]
         for phase in refused:  # logged loudly: the order, the phase kept, the one refused
             assert any(
                 r.levelno == logging.ERROR

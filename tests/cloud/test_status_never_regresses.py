@@ -21,6 +21,7 @@ from cloud.errors import WaitTimeout
 from cloud.messages import OrderInfo, TransStatus
 from cloud.status_rules import FINAL_STATUSES, REVERSAL, TRANS_STATUS, Ladder, Verdict, may_move
 from tests.cloud.pos_peer import FakeClock, GatewayPeer
+from tests.log_records import log_records
 
 S = TransStatus
 ORDER = {"terminal_sn": "T0001", "merchant_order_no": "A-1", "order_amount": Decimal("12.50")}
@@ -81,15 +82,6 @@ def streams(draw: st.DrawFn) -> list[Item]:
     return draw(st.permutations(base + again))
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 async def _play(stream: list[Item]) -> tuple[OrderInfo | WaitTimeout, list[S], OrderInfo]:
     """Deliver ``stream`` in its order: before each poll, the notifications that
     come before the next query answer; that answer to the poll. What is left
@@ -139,13 +131,8 @@ async def _play(stream: list[Item]) -> tuple[OrderInfo | WaitTimeout, list[S], O
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_wait_for_final_keeps_the_first_final_status_or_its_reversal(stream: list[Item]) -> None:
-    records = _Records()
-    logger = logging.getLogger("cloud.pos")
-    logger.addHandler(records)
-    try:
+    with log_records("cloud.pos") as records:
         outcome, shown, known = asyncio.run(_play(stream))
-    finally:
-        logger.removeHandler(records)
     finals = [status for _, status, _ in stream if status in FINAL_STATUSES]
     # non-final statuses only move forward; after a final one, only a reversal
     assert [RANK[s] for s in shown] == sorted(RANK[s] for s in shown)
@@ -159,7 +146,7 @@ def test_wait_for_final_keeps_the_first_final_status_or_its_reversal(stream: lis
         assert outcome.trans_status in (first, kept)
         assert known.trans_status is kept  # however many late reports followed
         assert shown[-1] in (first, kept)  # on_update ends with the wait
-        conflicts = [r for r in records.records if "CONFLICT" in r.getMessage()]
+        conflicts = [r for r in records if "CONFLICT" in r.getMessage()]
         refused = {s for s in finals if s not in (first, kept)}
         assert {r.levelno for r in conflicts} <= {logging.ERROR}
         for status in refused:  # each other final status is named, beside the one kept

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cloud.messages import TransStatus
 from cloud.status_rules import FINAL_STATUSES, may_move
 from sandbox.store import ALLOWED_MOVES, CORRECTIONS, Order, Store, can_move
+from tests.log_records import log_records
 from tests.sandbox.test_store import make_order
 
 S = TransStatus
@@ -50,37 +51,23 @@ def streams(draw: st.DrawFn) -> list[Move]:
     return draw(st.permutations(base + again))
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_status_never_regresses(
     tmp_path_factory: pytest.TempPathFactory, stream: list[Move]
 ) -> None:
     path = tmp_path_factory.mktemp("s") / "s.db"
-    records = _Records()
-    logger = logging.getLogger("sandbox.store")
-    logger.addHandler(records)
     with Store(path) as one, Store(path) as two:
         writers = (one, two)
         make_order(one)
         seen = [S.PREORDER]
-        try:
+        with log_records("sandbox.store") as records:
             for n, (to, who) in enumerate(stream):
                 before = seen[-1]
                 order, moved = writers[who].move("T1", to, why=f"step {n}")
                 assert moved == can_move(before, to)
                 assert order.trans_status is (to if moved else before)
                 seen.append(_status(writers[1 - who]))  # as the other writer sees it
-        finally:
-            logger.removeHandler(records)
         notified = [n.trans_status for n in one.due_notifications(10**15)]
 
     for before, after in itertools.pairwise(seen):
@@ -98,7 +85,7 @@ def test_status_never_regresses(
     # one notification per final status reached, none for a refused one
     assert notified == [int(s) for s in reached]
     # each refused move logged loudly, naming the order
-    refusals = [r for r in records.records if "STATUS REGRESSION REFUSED" in r.getMessage()]
+    refusals = [r for r in records if "STATUS REGRESSION REFUSED" in r.getMessage()]
     expected = [
         (before, to)
         for (to, _), before in zip(stream, seen[:-1], strict=True)
