@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -38,7 +37,7 @@ import tomlkit
 
 from sandbox.broker import MosquittoBroker
 from tests.integration.agent_rig import Order, Terminal
-from tests.integration.conftest import REPO, SandboxHandle, wait_until
+from tests.integration.conftest import REPO, SandboxHandle, stop_process, wait_until
 
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
@@ -147,14 +146,7 @@ class ReadySocket:
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
     """SIGTERM, SIGKILL after ``timeout``; the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return stop_process(proc, timeout)
 
 
 class OnPty:
