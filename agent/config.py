@@ -34,7 +34,6 @@ Contract:
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -400,6 +399,8 @@ _ALL_SECTIONS = (*_SECTIONS, "readers")
 
 
 def _did_you_mean(name: str, choices: tuple[str, ...]) -> str:
+    import difflib  # only for a broken config: not kept in the daemon's memory
+
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 

@@ -296,7 +296,9 @@ class Engine:
                 )
         self.journal.hop(biz.trans_no, "push_received", received)
         self.journal.hop(biz.trans_no, "journaled", self.clock.ms())
-        self._enqueue(biz.trans_no, biz.order_queue_mode.value)
+        # Idle: the worker offers it next and that draws the screen (an idle
+        # screen with "1 waiting" first would only delay it).
+        self._enqueue(biz.trans_no, biz.order_queue_mode.value, show=busy)
         # Durable: the link sends the PUBACK as soon as this returns.
         self.journal.hop(biz.trans_no, "acknowledged", self.clock.ms())
         self._inbox.put_nowait(("next", None))
@@ -334,13 +336,13 @@ class Engine:
         self._inbox.put_nowait((name, self.current.tx.trans_no))
         return {"accepted": True}
 
-    def _enqueue(self, trans_no: str, mode: str) -> None:
+    def _enqueue(self, trans_no: str, mode: str, *, show: bool = True) -> None:
         if mode == m.QueueMode.FILO.value:
             self.queue.appendleft(trans_no)
         else:
             self.queue.append(trans_no)
-        self._on_status()
-        self._show()
+        if show:
+            self._show()  # and the status
 
     # ================================================================ the worker
 

@@ -64,9 +64,10 @@ Contract:
   outbox and retries; the TMS deduplicates events on ``message_id``), and
   ``PublishRejected`` when the broker refuses it (MQTT 5 reason >= 0x80,
   e.g. not authorized). The status is a latest value: ``status_changed()``
-  (call it on every change of screen, readers or queue) publishes it only
-  when it differs from the last one published (the timestamp aside), with
-  at most one status publish in flight; changes made while one is in
+  (call it on every change of screen, readers or queue) publishes it
+  ``STATUS_HOLD`` later, only when it differs from the last one published
+  (the timestamp aside), with at most one status publish in flight;
+  changes made during the hold or while one is in
   flight are coalesced into one publish of the latest status after its
   PUBACK. So a subscriber sees the states in order (one that lasts less
   than a publish round trip may be skipped) and a burst never floods the
@@ -128,6 +129,11 @@ CONNECT_TIMEOUT = 10.0  # s: TCP connect, TLS handshake, then again for the CONN
 STABLE_AFTER = 30.0  # s a connection must last before the backoff starts again from its base
 STOP_GRACE = 5.0  # s stop() waits for a push in progress so that it can still be acknowledged
 _MISC_INTERVAL = 1.0  # s between paho loop_misc() calls (keepalive pings, ping timeout)
+# s a status change waits before it is published: the change that wakes the
+# checkout (a push) is followed within a millisecond or two by the order on
+# screen; publishing at once would send the broker and its subscribers to
+# work while the screen is still being drawn, and publish twice.
+STATUS_HOLD = 0.01
 _UNSUPPORTED_PROTOCOL = 0x84  # CONNACK "Unsupported Protocol Version" (paho maps 3.1.1 rc 1)
 
 
@@ -584,6 +590,7 @@ class MqttLink:
         self._status_flight: asyncio.Future[None] | None = None
         self._status_idle = asyncio.Event()
         self._status_idle.set()
+        self._status_hold: asyncio.TimerHandle | None = None
 
     @property
     def topics(self) -> tuple[str, str, str]:
@@ -639,14 +646,23 @@ class MqttLink:
         the last status published, coalesced as the module docstring says.
         Does nothing when not connected (the next connect publishes it).
         Never raises."""
-        if self._status_flight is None:
-            self._send_status()
+        if self._status_flight is None and self._status_hold is None:
+            loop = asyncio.get_running_loop()
+            self._status_hold = loop.call_later(STATUS_HOLD, self._status_held)
 
     async def publish_status(self) -> None:
-        """``status_changed()``, then wait until no status publish is in flight
-        (its PUBACK came, or the connection was lost). Never raises."""
-        self.status_changed()
+        """Publish the status now if it changed, then wait until no status
+        publish is in flight (its PUBACK came, or the connection was lost).
+        Never raises."""
+        if self._status_flight is None:
+            self._status_held()
         await self._status_idle.wait()
+
+    def _status_held(self) -> None:
+        if self._status_hold is not None:
+            self._status_hold.cancel()
+            self._status_hold = None
+        self._send_status()
 
     async def stop(self) -> None:
         """Finish the push in progress (up to STOP_GRACE s, so it is acknowledged),

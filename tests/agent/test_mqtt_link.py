@@ -399,8 +399,9 @@ async def test_status_published_on_change_only_and_bursts_coalesced(
     broker: MosquittoBroker,
 ) -> None:
     """An unchanged status is not published again; a burst of changes made
-    without yielding (as the engine makes them) is one publish of the first
-    change and, after its PUBACK, one of the latest: never a flood."""
+    within the hold (as the engine makes them: push, then the order on
+    screen) is one publish of the latest; changes made while a publish is in
+    flight are one more after its PUBACK: never a flood."""
     with peer(broker.host, broker.port, STATUS, client_id="tms") as tms:
         async with terminal(broker.url) as term:
             assert status_of(await tms.next_on(STATUS)).screen is Screen.IDLE
@@ -408,11 +409,20 @@ async def test_status_published_on_change_only_and_bursts_coalesced(
             for screen in [Screen.READING, Screen.AUTHORIZING, Screen.RESULT] * 10:
                 term.screen = screen
                 term.link.status_changed()
-            await term.link.publish_status()  # returns once nothing is in flight
-            term.screen = Screen.WAITING_FOR_CARD  # a marker: nothing was sent in between
+            # The hold ends by itself: the latest, once.
+            assert status_of(await tms.next_on(STATUS)).screen is Screen.RESULT
+            await term.link.publish_status()  # unchanged: nothing sent
+            term.screen = Screen.READING
+            flush = asyncio.create_task(term.link.publish_status())  # at once, no hold
+            await asyncio.sleep(0)  # READING is sent; its PUBACK cannot be in yet
+            for screen in [Screen.AUTHORIZING, Screen.RESULT, Screen.WAITING_FOR_CARD]:
+                term.screen = screen
+                term.link.status_changed()
+            await flush  # returns once nothing is in flight
+            term.screen = Screen.IDLE  # a marker: nothing else was sent in between
             await term.link.publish_status()
             seen = [status_of(await tms.next_on(STATUS)).screen for _ in range(3)]
-            assert seen == [Screen.READING, Screen.RESULT, Screen.WAITING_FOR_CARD]
+            assert seen == [Screen.READING, Screen.WAITING_FOR_CARD, Screen.IDLE]
 
 
 # ---------------------------------------------------------------- test_connection
