@@ -124,8 +124,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("transitions", "httpx"):  # one line per callback or request is noise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # One line per callback is noise.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
     try:
         cfg = _load(args)
         return asyncio.run(AgentService(cfg).run())

@@ -13,11 +13,11 @@ from __future__ import annotations
 import email.utils
 import time
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from agent.config import AgentConfig, ConfigError, check_files, load_config
 from agent.gateway import GatewayClient, GatewayIdentity
+from agent.http11 import Http11Client, HttpError
 from agent.mqtt_link import test_connection
 from cloud.errors import KeyLoadError
 from cloud.signing import load_private_key, load_public_key
@@ -30,11 +30,13 @@ def _line(verdict: str, what: str, detail: str) -> None:
 
 
 async def _clock(cfg: AgentConfig) -> tuple[str, str]:
+    http = Http11Client(cfg.gateway.url, timeout=5.0, connect_timeout=5.0)
     try:
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            resp = await http.get(cfg.gateway.url.rstrip("/") + "/")
-    except httpx.HTTPError as exc:
+        resp = await http.request("GET", "/")
+    except HttpError as exc:
         return "WARN", f"cannot compare with the gateway ({type(exc).__name__})"
+    finally:
+        await http.aclose()
     date = resp.headers.get("date")
     if not date:
         return "WARN", "gateway sends no Date header to compare with"

@@ -1,4 +1,5 @@
-"""The terminal's client of the cashier API (PROTOCOL.md part D) over httpx.
+"""The terminal's client of the cashier API (PROTOCOL.md part D) over
+``agent.http11`` (keep-alive HTTP/1.1 on h11).
 
 Each call is one signed request; this module does not retry and does not
 decide what an unknown outcome means — the engine does (journal first, then
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import httpx
 import msgspec
 
+from agent.http11 import Http11Client, HttpError, HttpTimeout, HttpTransport
 from cloud import envelope
 from cloud import messages as m
 from cloud.errors import CloudRejected, CloudUnavailable, ContractError
@@ -73,14 +74,12 @@ class GatewayClient:
         ident: GatewayIdentity,
         *,
         timeout: float = 15.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: HttpTransport | None = None,
     ) -> None:
         self.ident = ident
-        self._http = httpx.AsyncClient(
-            base_url=ident.url.rstrip("/"),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-        )
+        if transport is None:
+            transport = Http11Client(ident.url, timeout=timeout, connect_timeout=min(timeout, 5.0))
+        self._http = transport
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -90,21 +89,22 @@ class GatewayClient:
             method, biz, app_id=self.ident.app_id, private_key=self.ident.private_key
         )
         try:
-            resp = await self._http.post(
+            resp = await self._http.request(
+                "POST",
                 envelope.CASHIER_PATH,
-                content=envelope.encode(body),
+                body=envelope.encode(body),
                 headers={"Content-Type": "application/json"},
             )
-        except httpx.TimeoutException as exc:
+        except HttpTimeout as exc:
             raise CloudUnavailable(f"{method}: gateway did not answer in time") from exc
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             raise CloudUnavailable(f"{method}: gateway unreachable ({type(exc).__name__})") from exc
-        if resp.status_code >= 500:
-            raise CloudUnavailable(f"{method}: gateway error HTTP {resp.status_code}")
-        if resp.status_code != 200:
-            raise CloudUnavailable(f"{method}: unexpected HTTP {resp.status_code}")
+        if resp.status >= 500:
+            raise CloudUnavailable(f"{method}: gateway error HTTP {resp.status}")
+        if resp.status != 200:
+            raise CloudUnavailable(f"{method}: unexpected HTTP {resp.status}")
         try:
-            return envelope.open_response(resp.content, self.ident.gateway_public_key, type_)
+            return envelope.open_response(resp.body, self.ident.gateway_public_key, type_)
         except ContractError as exc:
             raise CloudUnavailable(f"{method}: invalid answer: {exc}") from exc
 

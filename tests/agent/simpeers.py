@@ -1,20 +1,20 @@
 """Simulated peers for one-layer engine tests: a cashier-API gateway that
-speaks the real signed envelope over an httpx MockTransport, readers that
-present what a test hands them, and an MQTT-less event sink."""
+speaks the real signed envelope behind an in-memory ``HttpTransport``,
+readers that present what a test hands them, and an MQTT-less event sink."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import msgspec
 
 from agent.gateway import GatewayClient, GatewayIdentity
+from agent.http11 import HttpConnectError, HttpResponse, HttpTimeout
 from cloud import envelope, sealing, wirejson
 from cloud import messages as m
 from cloud.signing import generate_key_pem
@@ -49,21 +49,22 @@ class SimGateway:
             private_key=TERM_PRIVATE,
             gateway_public_key=GW_PUBLIC,
         )
-        return GatewayClient(ident, timeout=2.0, transport=httpx.MockTransport(self._handle))
+        return GatewayClient(ident, timeout=2.0, transport=SimHttp(self._handle))
 
     def _answer(
         self, data: msgspec.Struct | None, code: str = "0", msg: str = "ok"
-    ) -> httpx.Response:
-        return httpx.Response(
+    ) -> HttpResponse:
+        return HttpResponse(
             200,
-            content=envelope.encode(envelope.build_response(data, GW_PRIVATE, code=code, msg=msg)),
+            {},
+            envelope.encode(envelope.build_response(data, GW_PRIVATE, code=code, msg=msg)),
         )
 
-    async def _handle(self, request: httpx.Request) -> httpx.Response:
-        method, _app, fields = envelope.open_request(request.content, lambda _a: TERM_PUBLIC)
+    async def _handle(self, body: bytes) -> HttpResponse:
+        method, _app, fields = envelope.open_request(body, lambda _a: TERM_PUBLIC)
         self.calls.append(method)
         if self.down:
-            raise httpx.ConnectError("down")
+            raise HttpConnectError("down")
         trans_no = str(fields["trans_no"])
         if method in (m.Method.BANKCARD_CREATE, m.Method.WALLET_CREATE):
             request_no = str(fields["request_no"])
@@ -75,7 +76,7 @@ class SimGateway:
                 return self._answer(self.answers[request_no])
             fail = self.fail_next.pop(0) if self.fail_next else None
             if fail == "timeout" and not self.charge_then_fail:
-                raise httpx.ReadTimeout("simulated")
+                raise HttpTimeout("simulated")
             if self.decline_code:
                 result = m.CashierResult(
                     trans_no=trans_no,
@@ -95,16 +96,16 @@ class SimGateway:
             self.answers[request_no] = result
             self.status[trans_no] = result.trans_status
             if fail == "timeout":
-                raise httpx.ReadTimeout("simulated after charging")
+                raise HttpTimeout("simulated after charging")
             if fail == "500":
-                return httpx.Response(500, content=b"oops")
+                return HttpResponse(500, {}, b"oops")
             if fail == "garbage":
-                return httpx.Response(200, content=b'{"code":"0","data":"{}"}')
+                return HttpResponse(200, {}, b'{"code":"0","data":"{}"}')
             return self._answer(result)
         if method == m.Method.TRANS_DETAIL:
             if self.fail_next and self.fail_next[0] == "detail-timeout":
                 self.fail_next.pop(0)
-                raise httpx.ReadTimeout("simulated")
+                raise HttpTimeout("simulated")
             if trans_no not in self.status:
                 return self._answer(
                     m.CashierResult(trans_no=trans_no, trans_status=m.TransStatus.PREORDER)
@@ -127,6 +128,27 @@ class SimGateway:
                 m.CashierResult(trans_no=trans_no, trans_status=m.TransStatus.CANCELLED)
             )
         return self._answer(None, code="40004", msg="unknown method")
+
+
+class SimHttp:
+    """An ``HttpTransport`` that hands each request body to a simulated peer."""
+
+    def __init__(self, handle: Callable[[bytes], Awaitable[HttpResponse]]) -> None:
+        self._handle = handle
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        assert (method, path) == ("POST", envelope.CASHIER_PATH)
+        return await self._handle(body)
+
+    async def aclose(self) -> None:
+        pass
 
 
 class SimReader:
