@@ -1,1 +1,5 @@
 """agent package."""
+
+from agent import deferred_imports
+
+deferred_imports.install()  # before anything imports paho

@@ -57,7 +57,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import bridge_protocol as bp
 from sandbox.broker import MosquittoBroker
-from tests.integration.agent_rig import Terminal
+from tests.integration.agent_rig import Terminal, unit_environment
 from tests.integration.conftest import REPO, TIME_SCALE, SandboxHandle, wait_until
 from ui.bridge_client import BridgeClient
 
@@ -362,7 +362,12 @@ def start_agent(
     cmd += ["-m", "agent.cli", "run", "--config", str(term.config)]
     with term.log_path.open("ab") as log:
         term.agent = subprocess.Popen(
-            cmd, cwd=REPO, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            cmd,
+            cwd=REPO,
+            env=dict(os.environ, **unit_environment()),  # as the unit runs it
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
     agent = term.agent
 

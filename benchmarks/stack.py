@@ -36,7 +36,7 @@ from typing import Any
 import tomlkit
 
 from sandbox.broker import MosquittoBroker
-from tests.integration.agent_rig import Order, Terminal
+from tests.integration.agent_rig import Order, Terminal, unit_environment
 from tests.integration.conftest import REPO, SandboxHandle, stop_process, wait_until
 
 PYTHON = sys.executable
@@ -292,8 +292,8 @@ def agent_argv(config: Path) -> list[str]:
 def spawn_agent(
     config: Path, log: Path, notify: ReadySocket | None = None
 ) -> subprocess.Popen[bytes]:
-    """The agent with the unit's environment (watchdog 30 s, faulthandler on)."""
-    env = dict(os.environ, PYTHONFAULTHANDLER="1", WATCHDOG_USEC="30000000")
+    """The agent with the unit's environment (its ``Environment=``, watchdog 30 s)."""
+    env = dict(os.environ, **unit_environment(), WATCHDOG_USEC="30000000")
     env.pop("WATCHDOG_PID", None)
     env.pop("SADAD_AGENT_CRASH_AT", None)
     if notify is not None:

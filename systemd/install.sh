@@ -85,6 +85,14 @@ if [ "$make_venv" = 1 ]; then
     "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$repo"
     echo "install.sh: installed $("$prefix/venv/bin/python" -m pip show sadad-terminal \
         | sed -n 's/^Version: //p') into $prefix/venv"
+    # sadad-agent.service runs with PYTHONOPTIMIZE=2: its .opt-2.pyc files, for
+    # the venv and the interpreter's standard library, must exist beforehand
+    # (the service user cannot write them; compiling at each start costs ~1 s).
+    stdlib=$("$prefix/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+    "$prefix/venv/bin/python" -OO -m compileall -qq -j0 \
+        -x '/(test|tests|idlelib|lib2to3|tkinter|turtledemo|ensurepip)/' \
+        "$stdlib" "$prefix/venv/lib" \
+        || echo "install.sh: warning: some modules did not compile for -OO; the agent compiles them at each start" >&2
 fi
 install -m 0644 "$repo/README.md" "$root$prefix/README.md"
 install -m 0644 "$repo/firmware-notes.md" "$root$prefix/firmware-notes.md"

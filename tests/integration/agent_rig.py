@@ -70,6 +70,21 @@ PHASE_OUTCOME = {
 }
 
 
+AGENT_UNIT = REPO / "systemd" / "sadad-agent.service"
+
+
+def unit_environment(unit: Path = AGENT_UNIT) -> dict[str, str]:
+    """The ``Environment=`` of the agent's systemd unit, so that agents started
+    here run as the unit runs them (e.g. ``PYTHONOPTIMIZE=2``)."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            for pair in line.removeprefix("Environment=").split():
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
 class Sim:
     """One simulated reader process; ``send`` writes a command line to its stdin."""
 
@@ -306,7 +321,7 @@ class Terminal:
         (``agent.engine._crash_point``)."""
         said_ready = f"agent {self.sn} ready ("
         before = self.log_text().count(said_ready)
-        env = dict(os.environ)
+        env = dict(os.environ, **unit_environment())
         env.pop("SADAD_AGENT_CRASH_AT", None)
         if crash_at:
             env["SADAD_AGENT_CRASH_AT"] = crash_at

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.agent_rig import unit_environment
+
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 INSTALL = SYSTEMD / "install.sh"
 UNINSTALL = SYSTEMD / "uninstall.sh"
@@ -142,6 +144,13 @@ def test_agent_unit_settings() -> None:
     for key, value in expected.items():
         assert one(unit, "Service", key) == value, key
     assert unit["Service"]["SystemCallFilter"][0] == "@system-service"
+    # The integration tests and benchmarks start the agent with this environment
+    # (agent_rig.unit_environment), so they run it as the unit does.
+    assert set(unit["Service"]["Environment"]) == {"PYTHONFAULTHANDLER=1", "PYTHONOPTIMIZE=2"}
+    assert unit_environment(SYSTEMD / "sadad-agent.service") == {
+        "PYTHONFAULTHANDLER": "1",
+        "PYTHONOPTIMIZE": "2",
+    }
     assert set(unit["Service"]["DeviceAllow"]) == {
         "char-ttyUSB rw",
         "char-ttyACM rw",
