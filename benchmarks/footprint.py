@@ -15,7 +15,8 @@ unit's watchdog):
 - ``sadad-ui`` RSS on an 80x25 pty (``TERM=linux``, as the unit runs it), connected to
   the agent, idle and after the sales.
 
-Baselines, measured in the same run: a bare interpreter (``python -c "import asyncio"``:
+Baselines, measured in the same run and with the unit's environment as the agent
+(``PYTHONOPTIMIZE=2``): a bare interpreter (``python -c "import asyncio"``:
 start-up time to its first output and RSS, idle CPU over the same window), the
 agent's imports alone (``import agent.cli, agent.service``: time and RSS), and a bare
 Textual app on the same pty for the UI, so the agent's and the UI's own shares show.

@@ -197,9 +197,13 @@ def bare_python(code: str) -> subprocess.Popen[bytes]:
 
 
 def time_to_line(argv: list[str]) -> tuple[float, subprocess.Popen[bytes]]:
-    """Seconds from spawning ``argv`` to its first line on stdout; the process."""
+    """Seconds from spawning ``argv`` to its first line on stdout; the process.
+    Run with the agent unit's environment, as the agent it is compared with."""
+    env = dict(os.environ, **unit_environment())
     start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
     assert proc.stdout is not None
     proc.stdout.readline()
     return time.monotonic() - start, proc
