@@ -310,6 +310,12 @@ class _Session:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
             raise _AttemptFailed("tcp", f"connection to {host}:{port} lost while sending CONNECT")
         self._sock = sock
+        # PUBACKs, events and the status are small packets often written back
+        # to back; with Nagle on, the second waits for the broker's delayed
+        # ACK (~40 ms: every event after a push PUBACK did). paho leaves it on.
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = self.client
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect

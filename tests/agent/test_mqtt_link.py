@@ -11,6 +11,7 @@ import gc
 import json
 import queue
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -393,6 +394,18 @@ async def test_events_and_retained_status(broker: MosquittoBroker) -> None:
             retained = await late.next_on(STATUS)
             assert retained.retain
             assert json.loads(retained.payload)["status"] == "offline"
+
+
+async def test_small_packets_are_not_held_by_nagle(broker: MosquittoBroker) -> None:
+    """A PUBACK then an event, written back to back, must not wait for the
+    broker's delayed ACK (~40 ms each time before TCP_NODELAY was set)."""
+    async with terminal(broker.url) as term:
+        assert await term.link.wait_connected(10)
+        session = term.link._session
+        assert session is not None
+        assert session._sock is not None
+        nodelay = session._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert nodelay != 0
 
 
 async def test_status_published_on_change_only_and_bursts_coalesced(
