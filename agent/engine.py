@@ -3,9 +3,11 @@
 It is the model of the state table in ``agent.states`` and holds every rule
 about money (DESIGN.md "Transaction engine", PROTOCOL.md parts C and D):
 
-* A push is verified, journaled and only then returned from ``handle_push``
-  (after which the MQTT link sends the PUBACK). Redeliveries are recognised
-  by ``message_id`` and ``trans_no`` and do nothing.
+* A push is verified and journaled, and ``handle_push`` returns (after which
+  the MQTT link sends the PUBACK) only once it is on disk. The commit's fsync
+  runs in a worker thread while the order is drawn (``Journal.sync``); no
+  event leaves the outbox before it. Redeliveries are recognised by
+  ``message_id`` and ``trans_no`` and do nothing.
 * One transaction at a time; others wait in a queue, FIFO or FILO as each
   order asks, and the TMS is told ``busy``.
 * A payment attempt's ``request_no`` is journaled before the first send. A
@@ -40,7 +42,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from agent.gateway import GatewayClient, OrderRef, decline_reason
-from agent.journal import Journal, Phase, TxRow
+from agent.journal import Journal, JournalError, Phase, TxRow
 from agent.mqtt_link import LinkDown, LinkError
 from agent.states import RESULT_SECONDS, State, build_machine
 from cloud import envelope, money, wirejson
@@ -260,6 +262,7 @@ class Engine:
             return
         if self.journal.seen_push(push.message_id):
             log.info("push %s delivered again: already handled", push.message_id)
+            await self._sync_journal()  # its first delivery's sync may have failed
             return
         if isinstance(biz, m.PushClose):
             if self.journal.record_close_push(push.message_id, biz.trans_no):
@@ -281,9 +284,9 @@ class Engine:
             "queue_mode": biz.order_queue_mode.value,
         }
         busy = self.current is not None or bool(self.queue)
-        # One commit (one fsync: the money rule needs it before the PUBACK;
-        # more would only delay the order on screen).
-        with self.journal.batch():
+        # One commit, written now and fsynced below (the money rule needs it
+        # on disk before the PUBACK, not before the screen).
+        with self.journal.batch(deferred_sync=True):
             if not self.journal.record_order(push.message_id, fields):
                 log.info("order %s pushed again under a new message: ignored", biz.trans_no)
                 return
@@ -299,9 +302,11 @@ class Engine:
         # Idle: the worker offers it next and that draws the screen (an idle
         # screen with "1 waiting" first would only delay it).
         self._enqueue(biz.trans_no, biz.order_queue_mode.value, show=busy)
-        # Durable: the link sends the PUBACK as soon as this returns.
-        self.journal.hop(biz.trans_no, "acknowledged", self.clock.ms())
         self._inbox.put_nowait(("next", None))
+        # The fsync runs in a thread while the worker draws the order; the
+        # link sends the PUBACK when this returns, so only once it is durable.
+        await self._sync_journal()
+        self.journal.hop(biz.trans_no, "acknowledged", self.clock.ms())
         if busy:  # else the worker shows it first and wakes the outbox then
             self._outbox_wake.set()
         log.info(
@@ -310,6 +315,12 @@ class Engine:
             money.fmt(biz.trans_amount, biz.price_currency),
             " (queued, terminal busy)" if busy else "",
         )
+
+    async def _sync_journal(self) -> None:
+        """Deferred commits made durable (``Journal.sync``) in a worker thread,
+        so the loop goes on meanwhile. Raises JournalError."""
+        if self.journal.unsynced:
+            await asyncio.to_thread(self.journal.sync)
 
     def _reject(self, payload: bytes, exc: envelope.PushRejected) -> None:
         message_id, topic = "unknown", "unknown"
@@ -822,6 +833,13 @@ class Engine:
             # One that is down must not hold the other (a cancel waiting behind
             # events while the broker is away would let the order expire).
             blocked: set[str] = set()
+            try:  # nothing leaves before the rows it reports are on disk
+                await self._sync_journal()
+            except JournalError:
+                log.exception("outbox: journal not durable; events wait")
+                await asyncio.sleep(self._jitter(delay))
+                delay = min(delay * 2, self.settings.retry_cap)
+                continue
             for row in self.journal.pending_events():
                 channel = "gateway" if row.kind.startswith("gw:") else "mqtt"
                 if channel in blocked:

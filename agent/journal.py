@@ -4,7 +4,10 @@ Contract (DESIGN.md "Transaction engine", PROTOCOL.md part C and D):
 
 * WAL with ``synchronous=FULL``: a method returns only once its rows are on
   disk, so the caller may then take the outside effect (PUBACK a push, send a
-  payment, publish an event).
+  payment, publish an event). One exception, for the push that an idle
+  terminal must show at once: ``batch(deferred_sync=True)`` commits to the OS
+  only (safe if the agent crashes, not if the power fails) and the caller
+  runs ``sync()`` (the WAL's fdatasync, from any thread) before the effect.
 * Pushes are keyed by ``message_id``: ``record_push`` says whether it is new,
   which is how a redelivered push is processed once.
 * A payment attempt's ``request_no`` is stored before the first send and
@@ -31,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -256,6 +260,12 @@ class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._depth = 0  # open transactions (``batch``)
+        # Deferred commits (``batch(deferred_sync=True)``) counted, and how many
+        # of them an fsync has covered: a FULL commit covers every earlier one.
+        self._written = 0
+        self._synced = 0
+        self._wal_inode = -1  # the WAL file whose directory entry was synced
+        self._closed = False
         self._hops: list[tuple[str, str, int]] = []  # written with the next commit
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,36 +301,82 @@ class Journal:
             log.info("journal migrated to schema %d", number)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, deferred_sync: bool = False) -> Iterator[sqlite3.Connection]:
         if self._depth:  # inside ``batch``: its commit covers this write
             yield self._db
             return
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth += 1
+            if deferred_sync:
+                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
             try:
-                yield self._db
-                self._write_hops(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                self._depth += 1
+                try:
+                    yield self._db
+                    self._write_hops(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._db.execute("COMMIT")
             finally:
-                self._depth -= 1
-            self._db.execute("COMMIT")
+                if deferred_sync:
+                    self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise JournalError(f"journal write failed: {exc}") from exc
+        if deferred_sync:
+            self._written += 1
+        else:  # this commit's fsync of the WAL covered the deferred ones too
+            self._synced = self._written
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, deferred_sync: bool = False) -> Iterator[None]:
         """Several writes in one commit (one fsync): they become durable
-        together when the block ends, and not at all if it raises."""
-        with self._tx():
+        together when the block ends, and not at all if it raises.
+
+        With ``deferred_sync`` the commit reaches the OS (another process
+        reads it; it survives this one being killed) but is durable only once
+        ``sync()`` has run: call it before any outside effect that relies on
+        these rows."""
+        with self._tx(deferred_sync=deferred_sync):
             yield
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether a deferred commit still waits for ``sync()``."""
+        return self._synced < self._written
+
+    def sync(self) -> None:
+        """Make every deferred commit durable: fdatasync the WAL file, as
+        SQLite's own FULL commit does (and on a new WAL file its directory
+        too, as SQLite does at a file's first sync). Blocking, and safe from a
+        worker thread: it opens the file by path and never uses the
+        connection, so the loop's thread may go on reading and writing."""
+        target = self._written
+        if self._synced >= target or self._closed:  # close() checkpointed it, with fsync
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fdatasync(fd)
+                inode = os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+            if inode != self._wal_inode:
+                _fsync_dir(self.path.parent)
+                self._wal_inode = inode
+        except OSError as exc:
+            log.error("journal %s: fsync failed: %s", self.path, exc)
+            raise JournalError(f"journal sync failed: {exc}") from exc
+        # A FULL commit meanwhile may have covered more; never claim less.
+        self._synced = max(self._synced, target)
 
     def close(self) -> None:
         if self._hops:  # the last hops, written on the way out
             with contextlib.suppress(JournalError), self._tx():
                 pass
+        self._closed = True
         self._db.close()
 
     @property
@@ -596,6 +652,14 @@ class Journal:
                 db.execute("DELETE FROM transactions WHERE trans_no=?", (trans_no,))
             db.execute("DELETE FROM pushes WHERE received_at<?", (cutoff,))
         return len(old)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _log_refused(trans_no: str, held: Phase, refused: Phase, verdict: Verdict) -> None:

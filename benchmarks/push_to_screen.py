@@ -25,7 +25,7 @@ costs nothing there, so the difference is what the journal's fsyncs cost).
 Mosquitto and the sandbox keep their files on tmpfs: they stand in for the
 cloud, and on the disk their writes would be flushed with the agent's fsync.
 Beside them, each agent's own hop timeline from its journal
-(``push_received``, ``journaled``, ``acknowledged``, ``shown``; whole ms).
+(``push_received``, ``journaled``, ``shown``, ``acknowledged``; whole ms).
 
 Between pushes (not timed): the order is cancelled with the bridge intent,
 the script waits for the ``cancelled`` terminal event and the IDLE screen
@@ -71,7 +71,7 @@ from tests.integration.conftest import SandboxHandle
 
 WARMUP = 3
 FLOOR_PER_PUSH = 3
-HOPS = ("push_received", "journaled", "acknowledged", "shown")
+HOPS = ("push_received", "journaled", "shown", "acknowledged")
 TMPFS = Path("/dev/shm")
 
 

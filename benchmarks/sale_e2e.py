@@ -76,9 +76,9 @@ AGENT_HOPS = HOPS
 STAGES = {
     "created": "POS create call answered",
     "push_received": "POS create -> push in the agent",
-    "journaled": "  verify and journal the push",
-    "acknowledged": "  outbox 'received', queue",
+    "journaled": "  verify and journal the push (written)",
     "shown": "  order on screen",
+    "acknowledged": "  the push's fsync done (then PUBACK)",
     "card_presented": "  readers armed, card polled and read (EMV)",
     "card_read": "  card checked",
     "payment_journaled": "  payment attempt journaled",

@@ -37,8 +37,8 @@ from cloud.messages import EventKind, OnlineStatus, OrderInfo, TransStatus, term
 HOPS = (
     "push_received",
     "journaled",
+    "shown",  # an idle terminal draws the order while the push's fsync runs
     "acknowledged",
-    "shown",
     "card_presented",
     "card_read",
     "payment_journaled",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.engine import Engine, EngineSettings, ScreenView
-from agent.journal import Journal, Phase
+from agent.journal import Journal, JournalError, Phase
 from agent.states import State
 from cloud import envelope
 from cloud import messages as m
@@ -126,7 +129,9 @@ async def test_sale_by_card_approved_and_reported(rig: Rig) -> None:
     assert rig.sink.kinds("TR1") == ["received", "displayed", "paid"]
     hops = rig.sink.hops("TR1", "paid")
     names = [h for h in hops if h != "event_published"]
-    assert names[:3] == ["push_received", "journaled", "acknowledged"]
+    # Shown while the push's fsync runs, acknowledged once it is done.
+    assert names[:2] == ["push_received", "journaled"]
+    assert {"shown", "acknowledged"} <= set(names)
     assert list(hops.values()) == sorted(hops.values())
     result = [s for s in rig.screens if s.screen is m.Screen.RESULT][-1]
     assert result.result is not None
@@ -163,6 +168,67 @@ async def test_duplicate_push_processed_once(rig: Rig) -> None:
     await until(lambda: rig.phase("TR3") is Phase.APPROVED)
     assert rig.gateway.charges == ["TR3"]
     assert rig.sink.kinds("TR3").count("received") == 1
+
+
+class GatedSync:
+    """Holds ``Journal.sync`` (in its worker thread) until released."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.calls = 0
+        self.gate = threading.Event()
+        self._real = journal.sync
+
+    def __call__(self) -> None:
+        self.calls += 1
+        assert self.gate.wait(5), "sync never released"
+        self._real()
+
+
+async def test_push_shown_during_its_fsync_and_acknowledged_after(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle terminal draws the order while the push's fsync runs;
+    handle_push (after which the link sends the PUBACK) waits for it."""
+    sync = GatedSync(rig.journal)
+    monkeypatch.setattr(rig.journal, "sync", sync)
+    task = asyncio.create_task(rig.engine.handle_push(push_order("TR1")))
+    await until(lambda: any(s.order is not None for s in rig.screens))
+    await asyncio.sleep(0.05)
+    assert sync.calls == 1
+    assert not task.done()  # not durable yet: no PUBACK
+    sync.gate.set()
+    await asyncio.wait_for(task, 5)
+    assert not rig.journal.unsynced
+
+
+async def test_outbox_waits_for_the_push_fsync(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy terminal's push: its ``received`` and ``busy`` events do not
+    leave before the push is durable, even when the outbox wakes meanwhile."""
+    await rig.engine.handle_push(push_order("A"))
+    await until(lambda: rig.nfc.armed is not None)
+    await until(lambda: "displayed" in rig.sink.kinds("A"))
+    sync = GatedSync(rig.journal)
+    monkeypatch.setattr(rig.journal, "sync", sync)
+    task = asyncio.create_task(rig.engine.handle_push(push_order("B")))
+    await until(lambda: rig.engine.queue == deque(["B"]))
+    rig.engine.wake_outbox()
+    await asyncio.sleep(0.1)
+    assert rig.sink.kinds("B") == []
+    assert not task.done()
+    sync.gate.set()
+    await asyncio.wait_for(task, 5)
+    await until(lambda: rig.sink.kinds("B") == ["received", "busy"])
+
+
+async def test_push_not_acknowledged_when_its_fsync_fails(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing() -> None:
+        raise JournalError("journal sync failed: [Errno 5] Input/output error")
+
+    monkeypatch.setattr(rig.journal, "sync", failing)
+    with pytest.raises(JournalError):
+        await rig.engine.handle_push(push_order("TR1"))
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -247,3 +251,94 @@ def test_hops_ride_with_the_next_commit(journal: Journal) -> None:
         assert reopened.hops("TR1") == {"shown": 1000, "card_presented": 1500}
     finally:
         reopened.close()
+
+
+class _SyncSpy:
+    """Records the files ``os.fdatasync`` and ``os.fsync`` were called on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, str]] = []
+        for name in ("fdatasync", "fsync"):
+            real = getattr(os, name)
+            monkeypatch.setattr(os, name, self._spy(name, real))
+
+    def _spy(self, name: str, real: Callable[[int], None]) -> Callable[[int], None]:
+        def call(fd: int) -> None:
+            self.calls.append((name, os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)
+
+        return call
+
+
+def test_deferred_sync_commit_is_written_then_fsynced_by_sync(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push's commit reaches the OS at once (another process reads it) and
+    is fdatasynced by ``sync()``: the WAL, plus its directory the first time;
+    the connection keeps ``synchronous=FULL`` for every other write."""
+    spy = _SyncSpy(monkeypatch)
+    with journal.batch(deferred_sync=True):
+        assert journal.record_order("m1", _order("TR1"))
+        journal.enqueue_event("received", "m1", "TR1")
+    assert journal.unsynced
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    other = sqlite3.connect(journal.path)
+    try:
+        assert other.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+    finally:
+        other.close()
+    assert spy.calls == []
+    journal.sync()
+    wal, directory = f"{journal.path}-wal", str(journal.path.parent)
+    assert spy.calls == [("fdatasync", wal), ("fsync", directory)]
+    assert not journal.unsynced
+    journal.sync()  # nothing left to sync: no system call
+    with journal.batch(deferred_sync=True):
+        journal.record_order("m2", _order("TR2"))
+    journal.sync()  # same WAL file: its directory entry is on disk already
+    assert spy.calls[2:] == [("fdatasync", wal)]
+
+
+def test_full_commit_covers_earlier_deferred_ones(journal: Journal) -> None:
+    with journal.batch(deferred_sync=True):
+        journal.record_order("m1", _order("TR1"))
+    assert journal.unsynced
+    journal.set_phase("TR1", Phase.OFFERED)  # FULL: fsyncs the WAL, earlier frames too
+    assert not journal.unsynced
+
+
+def test_deferred_sync_commit_survives_the_process_being_killed(tmp_path: Path) -> None:
+    """Written to the OS means safe against the agent's own crash: SIGKILL
+    right after the commit, before any sync, loses nothing."""
+    path = tmp_path / "j.db"
+    script = (
+        "import os, signal, sys\n"
+        "from decimal import Decimal\n"
+        "from agent.journal import Journal\n"
+        "j = Journal(sys.argv[1])\n"
+        "with j.batch(deferred_sync=True):\n"
+        f"    j.record_order('m1', {_order('TR1')!r})\n"
+        "    j.enqueue_event('received', 'm1', 'TR1')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], check=False, timeout=30)
+    assert done.returncode == -signal.SIGKILL
+    j = Journal(path)
+    try:
+        assert [t.trans_no for t in j.open_transactions()] == ["TR1"]
+        assert [e.kind for e in j.pending_events()] == ["received"]
+    finally:
+        j.close()
+
+
+def test_sync_failure_is_a_journal_error(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    with journal.batch(deferred_sync=True):
+        journal.record_order("m1", _order("TR1"))
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(JournalError, match="sync failed"):
+        journal.sync()
+    assert journal.unsynced  # not claimed durable: the next sync tries again

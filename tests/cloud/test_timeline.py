@@ -37,7 +37,7 @@ def _event(event: str, hops: dict[str, int] | None = None, **extra: Any) -> dict
 
 SALE = [
     _event("received", {"push_received": 1000, "journaled": 1004}),
-    _event("displayed", {"push_received": 1000, "journaled": 1004, "acknowledged": 1005}),
+    _event("displayed", {"push_received": 1000, "journaled": 1004, "shown": 1005}),
     _event("paid", {name: 1000 + 10 * i for i, name in enumerate(HOPS)}),
 ]
 
