@@ -5,13 +5,21 @@ port and the sandbox as a subprocess (``cloud``), the simulated readers on ptys
 and the agent (``tests.integration.agent_rig.Terminal``), in a scratch
 directory on the disk (``workdir``). What this module adds is the timing:
 
-* ``MqttTap``: a bare paho subscriber (its own network thread) that stamps
-  each arrival with ``time.perf_counter()``, and ``floor_sample()``: one bare
-  QoS 1 publish from a second bare client to it, through the same broker - the
-  floor that an MQTT hop cannot beat.
-* ``TimedScreens``: a ``ui.bridge_client.BridgeClient`` in a thread that
-  stamps each screen event on arrival (``ScreenWatcher`` of the rig, plus
-  the clock).
+* ``MqttTap``: a bare subscriber (``stamps.StampedSubscriber``: raw MQTT
+  3.1.1 on a TCP socket) whose arrivals carry the kernel's receive time, and
+  ``floor_sample()``: one bare QoS 1 publish from a paho client to it,
+  through the same broker - the floor that an MQTT hop cannot beat (from
+  ``perf_counter()`` just before the publish call to the kernel's stamp).
+* ``TimedScreens``: the screen events as a UI process sees them, stamped by
+  ``stamps.ScreenStamper`` (a child process that reads the agent's bridge
+  socket and stamps each read as it wakes up), and a
+  ``ui.bridge_client.BridgeClient`` in a thread for the intents.
+
+  No stamp waits for this script's GIL (which its threads and the POS
+  client's loop share): stamped in the script's threads, a push could be
+  stamped ~3 ms late, after the screen it caused. All stamps are in the
+  ``time.perf_counter()`` domain (``CLOCK_MONOTONIC``, the same in every
+  process).
 * ``start_agent``: the real ``sadad-agent run`` with the result screen's
   dwell (``[ui] result_seconds``, 4 s by default) at its minimum, 0.1 s: a
   benchmark that runs hundreds of orders through one terminal would
@@ -46,22 +54,25 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import tomlkit
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import bridge_protocol as bp
+from benchmarks.stamps import Arrival as Arrival  # re-exported: it used to live here
+from benchmarks.stamps import ScreenStamper, StampedSubscriber
+from benchmarks.stamps import Seen as Seen  # re-exported: it used to live here
 from sandbox.broker import MosquittoBroker
 from tests.integration.agent_rig import Terminal, unit_environment
 from tests.integration.conftest import REPO, TIME_SCALE, SandboxHandle, wait_until
 from ui.bridge_client import BridgeClient
 
 BENCH_RESULT_SECONDS = 0.1  # the result screen's dwell here (``[ui] result_seconds``, default 4)
+R = TypeVar("R")
 
 
 # ---------------------------------------------------------------- figures
@@ -139,13 +150,6 @@ def workdir() -> Iterator[Path]:
 # ---------------------------------------------------------------- MQTT
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    at: float  # time.perf_counter() in the tap's network thread
-    topic: str
-    payload: bytes
-
-
 def _client(host: str, port: int, name: str) -> mqtt.Client:
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -163,46 +167,31 @@ def _client(host: str, port: int, name: str) -> mqtt.Client:
 
 
 class MqttTap:
-    """A bare subscriber to ``topics`` that stamps every arrival, and a bare
-    publisher for the floor (``floor_sample``)."""
+    """A bare subscriber to ``topics`` that stamps every arrival (kernel receive
+    time, ``StampedSubscriber``), and a bare paho publisher for the floor
+    (``floor_sample``)."""
 
     def __init__(self, host: str, port: int, topics: Sequence[str]) -> None:
-        self.arrivals: list[Arrival] = []
-        self._cond = threading.Condition()
         self._floor_topic = f"bench/floor/{uuid.uuid4().hex[:8]}"
-        self._sub = _client(host, port, "tap")
-        self._sub.on_message = self._on_message
-        subscribed = threading.Event()
-        self._sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
-        self._sub.subscribe([(t, 1) for t in (*topics, self._floor_topic)])
-        if not subscribed.wait(5):
-            raise RuntimeError("subscription not acknowledged")
-        self._pub = _client(host, port, "floor-pub")
+        self._sub = StampedSubscriber(host, port, [*topics, self._floor_topic], name="tap")
+        try:
+            self._pub = _client(host, port, "floor-pub")
+        except BaseException:
+            self._sub.close()
+            raise
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        at = time.perf_counter()
-        with self._cond:
-            self.arrivals.append(Arrival(at, msg.topic, bytes(msg.payload)))
-            self._cond.notify_all()
+    @property
+    def arrivals(self) -> list[Arrival]:
+        return self._sub.arrivals
 
     def mark(self) -> int:
-        with self._cond:
-            return len(self.arrivals)
+        return self._sub.mark()
 
     def wait_for(
         self, pred: Callable[[Arrival], bool], *, after: int = 0, timeout: float = 15.0
     ) -> Arrival:
         """The first arrival at or after position ``after`` for which ``pred`` holds."""
-
-        def match() -> Arrival | None:
-            return next((a for a in self.arrivals[after:] if pred(a)), None)
-
-        with self._cond:
-            if not self._cond.wait_for(lambda: match() is not None, timeout):
-                raise TimeoutError(f"no matching MQTT message within {timeout} s")
-            found = match()
-            assert found is not None
-            return found
+        return self._sub.wait_for(pred, after=after, timeout=timeout)
 
     def floor_sample(self, size: int) -> float:
         """Seconds from a bare QoS 1 publish of ``size`` bytes to its arrival here."""
@@ -215,76 +204,48 @@ class MqttTap:
         return got.at - start
 
     def close(self) -> None:
-        for client in (self._sub, self._pub):
-            client.disconnect()
-            client.loop_stop()
+        self._pub.disconnect()
+        self._pub.loop_stop()
+        self._sub.close()
 
 
 # ---------------------------------------------------------------- the UI bridge
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    at: float  # time.perf_counter() when the bridge client yielded it
-    screen: bp.ScreenEvent
-
-
 class TimedScreens:
-    """A bridge client in a thread of its own, stamping every screen event."""
+    """The agent's screens, stamped on arrival by a ``ScreenStamper`` (a
+    process of its own), and a bridge client in a thread for ``request``."""
 
     def __init__(self, socket: Path) -> None:
-        self.seen: list[Seen] = []
-        self._cond = threading.Condition()
+        self._stamper = ScreenStamper(socket)
         self._loop = asyncio.new_event_loop()
         self._client = BridgeClient(str(socket))
-        self._task: asyncio.Task[None] | None = None
-        started = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(started,), daemon=True, name="timed-screens"
+            target=self._loop.run_forever, daemon=True, name="timed-screens"
         )
         self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("bridge client did not start")
-
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._task = self._loop.create_task(self._main(started))
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._task)
-
-    async def _main(self, started: threading.Event) -> None:
-        await self._client.connect()
-        started.set()
         try:
-            async for event in self._client.events():
-                at = time.perf_counter()
-                screen = event.snapshot.screen if isinstance(event, bp.HelloEvent) else event
-                if isinstance(screen, bp.ScreenEvent):
-                    with self._cond:
-                        self.seen.append(Seen(at, screen))
-                        self._cond.notify_all()
-        finally:
-            await self._client.close()
+            self._call(self._client.connect(wait=10))
+            self._stamper.wait_hello(timeout=10)  # marks taken from now on count
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, R]) -> R:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=15)
+
+    @property
+    def seen(self) -> list[Seen]:
+        return self._stamper.seen
 
     def mark(self) -> int:
-        with self._cond:
-            return len(self.seen)
+        return self._stamper.mark()
 
     def wait_for(
         self, pred: Callable[[bp.ScreenEvent], bool], *, after: int = 0, timeout: float = 15.0
     ) -> Seen:
         """The first screen at or after position ``after`` for which ``pred`` holds."""
-
-        def match() -> Seen | None:
-            return next((s for s in self.seen[after:] if pred(s.screen)), None)
-
-        with self._cond:
-            if not self._cond.wait_for(lambda: match() is not None, timeout):
-                last = [s.screen.screen.value for s in self.seen[-5:]]
-                raise TimeoutError(f"screen not shown within {timeout} s (last: {last})")
-            found = match()
-            assert found is not None
-            return found
+        return self._stamper.wait_for(pred, after=after, timeout=timeout)
 
     def wait_order(self, trans_no: str, *, after: int = 0, timeout: float = 15.0) -> Seen:
         """The first screen showing order ``trans_no`` (the order is on screen)."""
@@ -300,30 +261,28 @@ class TimedScreens:
     def wait_done(self, trans_no: str, *, after: int = 0, timeout: float = 15.0) -> Seen:
         """IDLE again after the result screen of order ``trans_no``."""
 
-        def match() -> Seen | None:
-            seen = self.seen[after:]
+        def match(seen: list[Seen]) -> Seen | None:
             for i, s in enumerate(seen):
                 order = s.screen.order
                 if s.screen.result is not None and order is not None and order.trans_no == trans_no:
                     return next((t for t in seen[i + 1 :] if t.screen.screen.value == "IDLE"), None)
             return None
 
-        with self._cond:
-            if not self._cond.wait_for(lambda: match() is not None, timeout):
-                raise TimeoutError(f"order {trans_no} not done within {timeout} s")
-            found = match()
-            assert found is not None
-            return found
+        found = self._stamper.wait_match(match, after=after, timeout=timeout)
+        if found is None:
+            raise TimeoutError(f"order {trans_no} not done within {timeout} s")
+        return found
 
     def request(self, name: str, **args: Any) -> bp.Reply:
-        fut = asyncio.run_coroutine_threadsafe(self._client.request(name, **args), self._loop)
-        return fut.result(timeout=15)
+        return self._call(self._client.request(name, **args))
 
     def close(self) -> None:
-        if self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
+        with contextlib.suppress(Exception):
+            self._call(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+        self._stamper.close()
 
 
 def wait_paid(tap: MqttTap, screens: TimedScreens, trans_no: str, tap_mark: int, mark: int) -> None:

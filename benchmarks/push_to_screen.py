@@ -4,16 +4,26 @@ What it measures, per push (``wisehub.cloud.pay.order`` to a terminal whose
 agent is IDLE; all processes real: Mosquitto, the sandbox, the agent with its
 three simulated readers on ptys, a bridge client):
 
-* ``total``: from the POS module's create call to the bridge client receiving
-  the first screen event that shows the order;
+* ``total``: from the POS module's create call to the first screen event
+  that shows the order reaching a reader of the bridge socket;
 * ``agent``: the agent's share - from the push's arrival at a bare MQTT
   subscriber on the same broker and topic (it gets the message when the
-  agent does) to that screen event's arrival at the bridge client: paho,
-  signature check, the journal (SQLite WAL, ``synchronous=FULL``), PUBACK,
-  the state machine, the bridge socket;
+  agent does) to that screen event's arrival: paho, signature check, the
+  journal write (its fsync runs in a thread beside the screen, before the
+  PUBACK), the state machine, the bridge socket;
 * ``floor``: a bare QoS 1 publish of a push-sized payload from one bare paho
   client to the bare subscriber through the same broker, taken in the same
   run, in the same idle state, just before each push.
+
+How the arrivals are stamped (``benchmarks/stamps.py``), so that no stamp
+waits for this script's GIL: the push's arrival is the kernel's receive time
+on the bare subscriber's socket (``SO_TIMESTAMPNS``; a raw MQTT 3.1.1 client);
+the screen event's arrival is ``perf_counter()`` in a small process of its
+own that reads the bridge socket, taken as its ``recv`` returns, as a UI
+process would wake up. Starts are ``perf_counter()`` in this script just
+before the call (the create, the floor's publish). One clock for all:
+``CLOCK_MONOTONIC``. Stamped in this script's threads instead, a sample
+could be ~3 ms late (spans below zero).
 
 Target: the agent's share at p99 within 5 ms of the floor's p99
 (``agent_overhead_p99_ms - floor_p99_ms <= 5``).
@@ -129,11 +139,14 @@ def push_once(lane: Lane, tap: MqttTap, *, timed: bool) -> None:
                 lane.hops[name].append((hops[name] - hops[prev]) / 1000)
 
 
+def serial(name: str) -> str:
+    return f"BENCH{name.upper()}{uuid.uuid4().hex[:6].upper()}"
+
+
 @contextlib.contextmanager
 def lane(
-    sandbox: SandboxHandle, root: Path, name: str, journal_dir: Path, profile: Path | None
+    sandbox: SandboxHandle, root: Path, sn: str, name: str, journal_dir: Path, profile: Path | None
 ) -> Iterator[Lane]:
-    sn = f"BENCH{name.upper()}{uuid.uuid4().hex[:6].upper()}"
     term = Terminal(sandbox, sn, root / name)
     screens: TimedScreens | None = None
     try:
@@ -156,22 +169,22 @@ def run(pushes: int, profile: Path | None) -> dict[str, Any]:
         # The cloud is not on a terminal's disk: its writes would ride on the
         # agent's fsyncs (ext4 data=ordered commits them together).
         cloud(Path(shm)) as sandbox,
-        lane(sandbox, root, "disk", root, profile) as disk,
-        lane(sandbox, root, "tmpfs", Path(shm), None) as ram,
     ):
-        lanes = (disk, ram)
-        topics = [t for ln in lanes for t in (orders_topic(ln.term.sn), events_topic(ln.term.sn))]
+        sns = {name: serial(name) for name in ("disk", "tmpfs")}
+        topics = [t for sn in sns.values() for t in (orders_topic(sn), events_topic(sn))]
+        # The tap subscribes before the agents: Mosquitto sends a message's
+        # copies in subscription order, so the tap's copy leaves first and
+        # the agent's share is never under-counted (subscribed after, the
+        # tap's copy could wait behind the agent taking the CPU: spans < 0).
         tap = MqttTap(sandbox.mqtt_host, sandbox.mqtt_port, topics)
         floors: list[float] = []
         try:
-            for ln in lanes:
-                for _ in range(WARMUP):
-                    push_once(ln, tap, timed=False)
-            size = max(len(a.payload) for a in tap.arrivals if a.topic.endswith("/orders"))
-            for _ in range(pushes):
-                for ln in lanes:
-                    floors += [tap.floor_sample(size) for _ in range(FLOOR_PER_PUSH)]
-                    push_once(ln, tap, timed=True)
+            with (
+                lane(sandbox, root, sns["disk"], "disk", root, profile) as disk,
+                lane(sandbox, root, sns["tmpfs"], "tmpfs", Path(shm), None) as ram,
+            ):
+                lanes = (disk, ram)
+                size = measure(lanes, tap, pushes, floors)
         finally:
             tap.close()
         return {
@@ -182,6 +195,20 @@ def run(pushes: int, profile: Path | None) -> dict[str, Any]:
         }
 
 
+def measure(lanes: tuple[Lane, Lane], tap: MqttTap, pushes: int, floors: list[float]) -> int:
+    """Warm up, then push to the lanes in turn, a floor sample before each
+    push; returns the push's size in bytes."""
+    for ln in lanes:
+        for _ in range(WARMUP):
+            push_once(ln, tap, timed=False)
+    size = max(len(a.payload) for a in tap.arrivals if a.topic.endswith("/orders"))
+    for _ in range(pushes):
+        for ln in lanes:
+            floors += [tap.floor_sample(size) for _ in range(FLOOR_PER_PUSH)]
+            push_once(ln, tap, timed=True)
+    return size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="30 pushes per terminal (< 1 min)")
@@ -189,9 +216,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the disk agent (stderr)")
     args = parser.parse_args()
     pushes = args.pushes or (30 if args.quick else 200)
-    # The stamps are taken in threads (MQTT tap, bridge client) while the POS
-    # client's thread may be busy with the create's answer: a short GIL switch
-    # interval keeps a stamp from waiting up to 5 ms for the interpreter.
+    # The arrival stamps no longer depend on this interpreter, but the floor's
+    # publish still goes out through paho's network thread: a short GIL switch
+    # interval keeps it from waiting up to 5 ms behind the POS client's thread.
     sys.setswitchinterval(0.0005)
     with workdir() as tmp:
         prof = tmp / "agent.prof" if args.profile else None
