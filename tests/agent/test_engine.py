@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import engine as engine_module
 from agent.engine import Engine, EngineSettings, ScreenView
 from agent.journal import Journal, JournalError, Phase
 from agent.states import State
@@ -184,21 +185,49 @@ class GatedSync:
         self._real()
 
 
-async def test_push_shown_during_its_fsync_and_acknowledged_after(
+async def test_idle_push_drawn_before_its_fsync_and_acknowledged_after(rig: Rig) -> None:
+    """An idle terminal draws the order before the push is durable; its
+    OFFERED commit's fsync covers the push; handle_push (after which the link
+    sends the PUBACK) returns only once the push is durable."""
+    unsynced_when_drawn: list[bool] = []
+    draw = rig.engine._on_screen
+
+    def on_screen(view: ScreenView) -> None:
+        if view.order is not None and not unsynced_when_drawn:
+            unsynced_when_drawn.append(rig.journal.unsynced)
+        draw(view)
+
+    rig.engine._on_screen = on_screen
+    await rig.engine.handle_push(push_order("TR1"))
+    assert unsynced_when_drawn == [True]  # on screen before its fsync
+    assert not rig.journal.unsynced  # durable before the PUBACK
+
+
+async def test_push_fsynced_by_itself_when_the_worker_is_slow(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An idle terminal draws the order while the push's fsync runs;
-    handle_push (after which the link sends the PUBACK) waits for it."""
+    """When the worker does not reach the OFFERED commit in time, the push is
+    fsynced in a thread, and handle_push still waits for it."""
+    monkeypatch.setattr(engine_module, "OFFER_COMMIT_WAIT", 0.01)
+    offer_gate = asyncio.Event()
+    offer = rig.engine._offer_next
+
+    async def slow_offer() -> None:
+        await offer_gate.wait()
+        await offer()
+
+    monkeypatch.setattr(rig.engine, "_offer_next", slow_offer)
     sync = GatedSync(rig.journal)
     monkeypatch.setattr(rig.journal, "sync", sync)
     task = asyncio.create_task(rig.engine.handle_push(push_order("TR1")))
-    await until(lambda: any(s.order is not None for s in rig.screens))
+    await until(lambda: sync.calls == 1)
     await asyncio.sleep(0.05)
-    assert sync.calls == 1
     assert not task.done()  # not durable yet: no PUBACK
     sync.gate.set()
     await asyncio.wait_for(task, 5)
     assert not rig.journal.unsynced
+    offer_gate.set()
+    await until(lambda: any(s.order is not None for s in rig.screens))
 
 
 async def test_outbox_waits_for_the_push_fsync(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,12 +252,15 @@ async def test_outbox_waits_for_the_push_fsync(rig: Rig, monkeypatch: pytest.Mon
 async def test_push_not_acknowledged_when_its_fsync_fails(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    await rig.engine.handle_push(push_order("A"))
+    await until(lambda: rig.nfc.armed is not None)
+
     def failing() -> None:
         raise JournalError("journal sync failed: [Errno 5] Input/output error")
 
     monkeypatch.setattr(rig.journal, "sync", failing)
-    with pytest.raises(JournalError):
-        await rig.engine.handle_push(push_order("TR1"))
+    with pytest.raises(JournalError):  # the link then reconnects for a redelivery
+        await rig.engine.handle_push(push_order("B"))
 
 
 @pytest.mark.parametrize(
