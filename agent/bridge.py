@@ -118,8 +118,12 @@ class _Client:
     async def write_loop(self) -> None:
         try:
             while True:
-                line = await self.queue.get()
-                self.writer.write(line)
+                lines = [await self.queue.get()]
+                # What was queued meanwhile goes in the same write (one system
+                # call: a screen event comes with its queue event).
+                while not self.queue.empty():
+                    lines.append(self.queue.get_nowait())
+                self.writer.write(b"".join(lines))
                 await self.writer.drain()
         except (ConnectionError, OSError) as exc:
             log.info("bridge: %s gone while writing: %s", self.name, exc)

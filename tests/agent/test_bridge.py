@@ -236,6 +236,28 @@ async def test_events_reach_two_clients_in_order(agent: SimAgent, sock_path: str
         await peer.close()
 
 
+async def test_events_published_together_go_in_one_write(agent: SimAgent, sock_path: str) -> None:
+    """A screen and its queue event, published in one turn of the loop, cost
+    the client one wake-up (one write, one system call), not two."""
+    server = srv(agent)
+    peer = await RawPeer.open(sock_path)
+    await peer.next()  # hello
+    (client,) = server._clients
+    writes: list[bytes] = []
+    write = client.writer.write
+
+    def counted(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    client.writer.write = counted  # type: ignore[method-assign]
+    sent = [server.publish(ScreenEvent(screen=Screen.IDLE)), server.publish(QueueEvent(waiting=1))]
+    assert [await peer.next() for _ in sent] == sent
+    assert len(writes) == 1
+    assert writes[0].count(b"\n") == 2
+    await peer.close()
+
+
 async def test_closed_client_is_forgotten(agent: SimAgent, sock_path: str) -> None:
     server = srv(agent)
     peer = await RawPeer.open(sock_path)
