@@ -72,6 +72,12 @@ from tests.integration.conftest import REPO, TIME_SCALE, SandboxHandle, wait_unt
 from ui.bridge_client import BridgeClient
 
 BENCH_RESULT_SECONDS = 0.1  # the result screen's dwell here (``[ui] result_seconds``, default 4)
+
+# msgspec 0.22 builds a type's decoding info on first use and can crash
+# (SIGSEGV) when two threads do that for the same types at once; here the
+# bridge client's thread and the ScreenStamper's reader both decode events
+# (the script died in 1 of 2 runs). Built once now, in the importing thread.
+bp.LineDecoder.for_events()
 R = TypeVar("R")
 
 
