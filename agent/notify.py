@@ -25,12 +25,19 @@ Contract (systemd sd_notify(3), systemd.service(5)):
   pinging at half the timeout: ``Notifier.ping_interval``.
 * Supported ``$NOTIFY_SOCKET`` forms: an absolute path and ``@name``. Anything
   else (the ``vsock:`` form of systemd 253, for VMs) is treated as absent.
+* ``Notifier`` keeps one connected, non-blocking socket (it is used from the
+  event loop): ``STATUS=`` and ``WATCHDOG=1`` are dropped, with a warning,
+  when the manager's queue is full (the next one follows); the lifecycle
+  messages (``READY=1``, ``STOPPING=1``, ``RELOADING=1``) wait up to
+  ``LIFECYCLE_WAIT`` seconds for room. A send that fails otherwise (the
+  manager re-executed) is tried once more on a fresh socket.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import time
 from collections.abc import Mapping
@@ -38,6 +45,8 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 __all__ = ["Notifier", "notify", "watchdog_interval"]
+
+LIFECYCLE_WAIT = 1.0  # s a READY/STOPPING/RELOADING waits for room in the manager's queue
 
 
 def _address(value: str | None) -> str | None:
@@ -116,6 +125,7 @@ class Notifier:
         env = os.environ if environ is None else environ
         self._address = _address(env.get("NOTIFY_SOCKET"))
         self.watchdog_timeout = _watchdog_seconds(env)
+        self._sock: socket.socket | None = None
 
     @property
     def enabled(self) -> bool:
@@ -127,13 +137,51 @@ class Notifier:
         """How often to send ``WATCHDOG=1``: half the timeout, or None without a watchdog."""
         return None if self.watchdog_timeout is None else self.watchdog_timeout / 2
 
-    def send(self, *lines: str) -> bool:
-        """Raises ValueError for a malformed line."""
-        return _send(self._address, lines)
+    def send(self, *lines: str, wait: float = 0.0) -> bool:
+        """One datagram on the kept socket, never blocking longer than ``wait``
+        seconds. Raises ValueError for a malformed line."""
+        data = _datagram(lines)
+        if self._address is None:
+            return False
+        for attempt in (1, 2):
+            try:
+                self._deliver(data, wait)
+                return True
+            except BlockingIOError:
+                log.warning("sd_notify: the service manager is not reading; %r dropped", lines[0])
+                return False
+            except OSError as exc:
+                self.close()
+                if attempt == 2:
+                    log.warning("sd_notify to %r failed: %s", self._address.replace("\0", "@"), exc)
+        return False
+
+    def _deliver(self, data: bytes, wait: float) -> None:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.setblocking(False)
+                sock.connect(self._address or "")
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+        try:
+            self._sock.send(data)
+        except BlockingIOError:
+            if wait <= 0 or not select.select([], [self._sock], [], wait)[1]:
+                raise
+            self._sock.send(data)
+
+    def close(self) -> None:
+        """Drop the kept socket (the next send opens a new one)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def ready(self, status: str | None = None) -> bool:
         lines = ("READY=1",) if status is None else ("READY=1", f"STATUS={_one_line(status)}")
-        return self.send(*lines)
+        return self.send(*lines, wait=LIFECYCLE_WAIT)
 
     def status(self, text: str) -> bool:
         return self.send(f"STATUS={_one_line(text)}")
@@ -143,11 +191,11 @@ class Notifier:
 
     def stopping(self, status: str | None = None) -> bool:
         lines = ("STOPPING=1",) if status is None else ("STOPPING=1", f"STATUS={_one_line(status)}")
-        return self.send(*lines)
+        return self.send(*lines, wait=LIFECYCLE_WAIT)
 
     def reloading(self) -> bool:
         """Send ``READY=1`` (``ready()``) when the new configuration is in use."""
-        return self.send("RELOADING=1", f"MONOTONIC_USEC={_monotonic_usec()}")
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={_monotonic_usec()}", wait=LIFECYCLE_WAIT)
 
     def extend_timeout(self, seconds: float) -> bool:
         """Ask for ``seconds`` more to finish starting or stopping."""

@@ -34,7 +34,7 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.engine import Engine, EngineSettings, ScreenView
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.journal import Journal
-from agent.mqtt_link import ConnectionState, MqttLink, test_connection
+from agent.mqtt_link import STATUS_HOLD, ConnectionState, MqttLink, test_connection
 from agent.notify import Notifier
 from cloud import messages as m
 from cloud.envelope import timestamp
@@ -67,6 +67,8 @@ class AgentService:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._last_status = ""
+        self._status_note: asyncio.TimerHandle | None = None  # a STATUS= line on its way
+        self._stopping = False
         self.journal: Journal | None = None
         self.engine: Engine | None = None
         self.link: MqttLink | None = None
@@ -154,9 +156,10 @@ class AgentService:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self._notify_status("resolving unfinished payments")
         if not await self._recover_unless_stopped():
-            self.notifier.stopping("stopping")
+            self._say_stopping()
             log.info("agent stopping")
             await self._shutdown()
+            self.notifier.close()
             return 0
         self.engine.start()
         self.link = self._build_link(cfg, self.engine)
@@ -169,11 +172,12 @@ class AgentService:
         try:
             await self._stop.wait()
         finally:
-            self.notifier.stopping("stopping")
+            self._say_stopping()
             log.info("agent stopping")
             watchdog.cancel()
             reloader.cancel()
             await self._shutdown()
+            self.notifier.close()
         return 0
 
     async def _recover_unless_stopped(self) -> bool:
@@ -317,10 +321,27 @@ class AgentService:
 
     def _status_changed(self) -> None:
         # Screen, readers, queue or setup may have changed: the link publishes
-        # the retained status only when it differs, coalescing bursts.
-        self._notify_status()
+        # the retained status only when it differs, coalescing bursts; so is
+        # systemd's STATUS= line, after the same hold: a datagram to PID 1 on
+        # the way to every screen cost the screen ~0.4 ms at p50.
+        if self._status_note is None and not self._stopping:
+            self._status_note = asyncio.get_running_loop().call_later(
+                STATUS_HOLD, self._status_note_due
+            )
         if self.link is not None:
             self.link.status_changed()
+
+    def _status_note_due(self) -> None:
+        self._status_note = None
+        self._notify_status()
+
+    def _say_stopping(self) -> None:
+        """STOPPING=1, and no STATUS= line after it (one may be on its way)."""
+        self._stopping = True
+        if self._status_note is not None:
+            self._status_note.cancel()
+            self._status_note = None
+        self.notifier.stopping("stopping")
 
     def _on_screen(self, view: ScreenView) -> None:
         if self.bridge is None:
