@@ -24,7 +24,9 @@ directory on the disk (``workdir``). What this module adds is the timing:
   dwell (``[ui] result_seconds``, 4 s by default) at its minimum, 0.1 s: a
   benchmark that runs hundreds of orders through one terminal would
   otherwise spend 4 s per order waiting for the screen to go back to IDLE.
-  ``profile=PATH`` runs it under cProfile (``print_profile`` shows the hot
+  As the unit runs it otherwise: its ``Environment=``, a notify socket that
+  reads every datagram (``NOTIFY_SOCKET``) and ``WATCHDOG_USEC`` of
+  ``WatchdogSec=30``. ``profile=PATH`` runs it under cProfile (``print_profile`` shows the hot
   spots).
 * ``wait_paid``: the quiet point after a sale (the ``paid`` event is out,
   the screen is IDLE again), so the next one starts on an idle agent.
@@ -63,6 +65,7 @@ import tomlkit
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import bridge_protocol as bp
+from benchmarks.stack import ReadySocket
 from benchmarks.stamps import Arrival as Arrival  # re-exported: it used to live here
 from benchmarks.stamps import ScreenStamper, StampedSubscriber
 from benchmarks.stamps import Seen as Seen  # re-exported: it used to live here
@@ -311,6 +314,9 @@ def set_config(term: Terminal, section: str, key: str, value: str | float) -> No
     term.config.write_text(tomlkit.dumps(doc))
 
 
+_notify_sockets: dict[int, ReadySocket] = {}  # per terminal (id), while its agent runs
+
+
 def start_agent(
     term: Terminal,
     *,
@@ -325,11 +331,19 @@ def start_agent(
     if profile is not None:
         cmd += ["-m", "cProfile", "-o", str(profile)]
     cmd += ["-m", "agent.cli", "run", "--config", str(term.config)]
+    # As the unit runs it: its Environment=, and a manager's notify socket
+    # (Type=notify, WatchdogSec=30) that reads every datagram.
+    notify = ReadySocket(term.workdir / "notify.sock")
+    notify.drain()
+    _notify_sockets[id(term)] = notify
+    env = dict(os.environ, **unit_environment(), WATCHDOG_USEC="30000000")
+    env["NOTIFY_SOCKET"] = str(notify.path)
+    env.pop("WATCHDOG_PID", None)
     with term.log_path.open("ab") as log:
         term.agent = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env=dict(os.environ, **unit_environment()),  # as the unit runs it
+            env=env,
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -350,6 +364,9 @@ def stop_agent(term: Terminal) -> None:
         term.agent.terminate()
         term.agent.wait(timeout=30)
         term.agent = None
+    notify = _notify_sockets.pop(id(term), None)
+    if notify is not None:
+        notify.close()
 
 
 def journal_hops(path: Path, trans_no: str) -> dict[str, int]:
