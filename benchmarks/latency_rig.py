@@ -223,18 +223,20 @@ class MqttTap:
 
 class TimedScreens:
     """The agent's screens, stamped on arrival by a ``ScreenStamper`` (a
-    process of its own), and a bridge client in a thread for ``request``."""
+    process of its own), and ``request``: an intent on a connection of its
+    own, closed after the reply. The stamper is then the agent's only UI
+    client while a push is timed, as the checkout is on a terminal (a second
+    client cost a send per event and woke this script's thread meanwhile)."""
 
     def __init__(self, socket: Path) -> None:
+        self._socket = socket
         self._stamper = ScreenStamper(socket)
         self._loop = asyncio.new_event_loop()
-        self._client = BridgeClient(str(socket))
         self._thread = threading.Thread(
             target=self._loop.run_forever, daemon=True, name="timed-screens"
         )
         self._thread.start()
         try:
-            self._call(self._client.connect(wait=10))
             self._stamper.wait_hello(timeout=10)  # marks taken from now on count
         except BaseException:
             self.close()
@@ -283,11 +285,17 @@ class TimedScreens:
         return found
 
     def request(self, name: str, **args: Any) -> bp.Reply:
-        return self._call(self._client.request(name, **args))
+        return self._call(self._request(name, args))
+
+    async def _request(self, name: str, args: dict[str, Any]) -> bp.Reply:
+        client = BridgeClient(str(self._socket))
+        try:
+            await client.connect(wait=10)
+            return await client.request(name, **args)
+        finally:
+            await client.close()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._call(self._client.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
