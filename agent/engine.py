@@ -4,10 +4,12 @@ It is the model of the state table in ``agent.states`` and holds every rule
 about money (DESIGN.md "Transaction engine", PROTOCOL.md parts C and D):
 
 * A push is verified and journaled, and ``handle_push`` returns (after which
-  the MQTT link sends the PUBACK) only once it is on disk. The commit's fsync
-  runs in a worker thread while the order is drawn (``Journal.sync``); no
-  event leaves the outbox before it. Redeliveries are recognised by
-  ``message_id`` and ``trans_no`` and do nothing.
+  the MQTT link sends the PUBACK) only once it is on disk. Its commit is not
+  fsynced at once: an idle terminal draws the order first and the OFFERED
+  commit's fsync covers the push; otherwise (busy, or the worker slow) the
+  push is fsynced in a worker thread (``Journal.sync``). No event leaves the
+  outbox before that. Redeliveries are recognised by ``message_id`` and
+  ``trans_no`` and do nothing.
 * One transaction at a time; others wait in a queue, FIFO or FILO as each
   order asks, and the TMS is told ``busy``.
 * A payment attempt's ``request_no`` is journaled before the first send. A
