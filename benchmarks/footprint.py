@@ -63,6 +63,7 @@ from benchmarks.stack import (
     wait_log,
 )
 from tests.integration.agent_rig import ScreenWatcher, Terminal
+from tests.integration.conftest import REPO
 
 TARGETS = {"rss_idle_mb": 40.0, "growth_mb_per_1000": 2.0, "start_s": 1.5, "idle_cpu_pct": 0.1}
 WARMUP = 30  # sales before the growth baseline (first-use imports, caches fill)
@@ -155,8 +156,7 @@ def compile_like_install() -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    repo = Path(__file__).resolve().parents[1]
-    dirs = [str(repo / pkg) for pkg in ("agent", "cloud", "drivers", "ui")]
+    dirs = [str(REPO / pkg) for pkg in ("agent", "cloud", "drivers", "ui")]
     subprocess.run([PYTHON, "-OO", "-m", "compileall", "-qq", "-j0", *dirs, site], check=False)
 
 

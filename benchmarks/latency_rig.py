@@ -56,21 +56,19 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import tomlkit
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import bridge_protocol as bp
-from benchmarks.stack import ReadySocket
-from benchmarks.stamps import Arrival as Arrival  # re-exported: it used to live here
-from benchmarks.stamps import ScreenStamper, StampedSubscriber
-from benchmarks.stamps import Seen as Seen  # re-exported: it used to live here
+from benchmarks.stack import ReadySocket, agent_env
+from benchmarks.stamps import Arrival, ScreenStamper, Seen, StampedSubscriber
 from sandbox.broker import MosquittoBroker
-from tests.integration.agent_rig import Terminal, unit_environment
+from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import REPO, TIME_SCALE, SandboxHandle, wait_until
 from ui.bridge_client import BridgeClient
 
@@ -81,7 +79,6 @@ BENCH_RESULT_SECONDS = 0.1  # the result screen's dwell here (``[ui] result_seco
 # bridge client's thread and the ScreenStamper's reader both decode events
 # (the script died in 1 of 2 runs). Built once now, in the importing thread.
 bp.LineDecoder.for_events()
-R = TypeVar("R")
 
 
 # ---------------------------------------------------------------- figures
@@ -231,19 +228,11 @@ class TimedScreens:
     def __init__(self, socket: Path) -> None:
         self._socket = socket
         self._stamper = ScreenStamper(socket)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, daemon=True, name="timed-screens"
-        )
-        self._thread.start()
         try:
             self._stamper.wait_hello(timeout=10)  # marks taken from now on count
         except BaseException:
-            self.close()
+            self._stamper.close()
             raise
-
-    def _call(self, coro: Coroutine[Any, Any, R]) -> R:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=15)
 
     @property
     def seen(self) -> list[Seen]:
@@ -285,7 +274,8 @@ class TimedScreens:
         return found
 
     def request(self, name: str, **args: Any) -> bp.Reply:
-        return self._call(self._request(name, args))
+        """Call from a thread with no running event loop (it runs its own)."""
+        return asyncio.run(asyncio.wait_for(self._request(name, args), 15))
 
     async def _request(self, name: str, args: dict[str, Any]) -> bp.Reply:
         client = BridgeClient(str(self._socket))
@@ -296,9 +286,6 @@ class TimedScreens:
             await client.close()
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
         self._stamper.close()
 
 
@@ -344,14 +331,11 @@ def start_agent(
     notify = ReadySocket(term.workdir / "notify.sock")
     notify.drain()
     _notify_sockets[id(term)] = notify
-    env = dict(os.environ, **unit_environment(), WATCHDOG_USEC="30000000")
-    env["NOTIFY_SOCKET"] = str(notify.path)
-    env.pop("WATCHDOG_PID", None)
     with term.log_path.open("ab") as log:
         term.agent = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env=env,
+            env=agent_env(notify),
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

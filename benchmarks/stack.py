@@ -293,15 +293,22 @@ def agent_argv(config: Path) -> list[str]:
     return [str(BIN / "sadad-agent"), "run", "--config", str(config)]
 
 
-def spawn_agent(
-    config: Path, log: Path, notify: ReadySocket | None = None
-) -> subprocess.Popen[bytes]:
-    """The agent with the unit's environment (its ``Environment=``, watchdog 30 s)."""
+def agent_env(notify: ReadySocket | None = None) -> dict[str, str]:
+    """The environment the unit gives the agent: its ``Environment=``, the
+    watchdog (``WatchdogSec=30``) and, with ``notify``, the manager's socket."""
     env = dict(os.environ, **unit_environment(), WATCHDOG_USEC="30000000")
     env.pop("WATCHDOG_PID", None)
     env.pop("SADAD_AGENT_CRASH_AT", None)
     if notify is not None:
         env["NOTIFY_SOCKET"] = str(notify.path)
+    return env
+
+
+def spawn_agent(
+    config: Path, log: Path, notify: ReadySocket | None = None
+) -> subprocess.Popen[bytes]:
+    """The agent as the unit starts it (``agent_env``)."""
+    env = agent_env(notify)
     with log.open("ab") as out:
         return subprocess.Popen(
             agent_argv(config), cwd=REPO, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
