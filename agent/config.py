@@ -34,6 +34,7 @@ Contract:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -140,6 +141,13 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     public_key_file: Path
     timeout: float = 15.0
     resolve_deadline: float = 60.0
+    allow_plain_http: bool = False
+
+    @property
+    def plain_http_off_host(self) -> bool:
+        """``url`` is plain http:// to a host other than loopback (labs only)."""
+        parts = urlsplit(self.url)
+        return parts.scheme == "http" and not is_loopback_host(parts.hostname or "")
 
 
 class JournalConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,6 +198,16 @@ def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
         raise ConfigError(f"{allowed} (no path, query or fragment)")
     tls = parts.scheme == "mqtts"
     return parts.hostname, port if port else (8883 if tls else 1883), tls
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``: traffic that never leaves the machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_http_url(url: str) -> None:
@@ -328,6 +346,12 @@ def _protocol_key(value: object, _base: Path) -> object:
     raise _Invalid('must be "5" or "3.1.1"')
 
 
+def _bool_key(value: object, _base: Path) -> object:
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
 def _pin_key(value: object, _base: Path) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
         raise _Invalid('must be a string of 4-12 digits (quote it: "1234")', show_value=False)
@@ -384,6 +408,7 @@ _SECTIONS: dict[str, tuple[_Key, ...]] = {
         _key("public_key_file", _path("the path of the gateway's RSA public key"), required=True),
         _key("timeout", _seconds(1, 120)),
         _key("resolve_deadline", _seconds(5, 3600)),
+        _Key("allow_plain_http", _bool_key, "must be true or false"),
     ),
     "journal": (
         _key("path", _path("the path of the journal database")),
@@ -480,6 +505,19 @@ def _cross_checks(chk: _Checker, sections: dict[str, dict[str, object]]) -> None
         chk.problem("mqtt.key_file", "needs cert_file (the client certificate it belongs to)")
     if "password_file" in mqtt and "username" not in mqtt:
         chk.problem("mqtt.password_file", "needs username")
+    # Part D: the gateway is reached over HTTPS. Plain HTTP would hand a
+    # network neighbour every answer to read and to hold back.
+    gateway = sections.get("gateway", {})
+    url = gateway.get("url")
+    if isinstance(url, str) and not gateway.get("allow_plain_http"):
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            chk.problem(
+                "gateway.url",
+                "plain http:// is allowed only to a loopback host (127.0.0.1, ::1, "
+                "localhost): use https://, or set allow_plain_http = true for a lab "
+                "(a warning at every start)",
+            )
 
 
 def parse_config(
@@ -715,6 +753,8 @@ url = "http://127.0.0.1:8080"         # SadadSystem; cashier calls go to /api/ca
 public_key_file = "gateway_public.pem"   # verifies pushes and answers
 # timeout = 15.0                      # seconds per HTTP call, 1..120
 # resolve_deadline = 60.0             # seconds of trans.detail before a reversal, 5..3600
+# allow_plain_http = false            # http:// to a host other than loopback: labs only
+                                      # (https:// otherwise; a warning at every start)
 
 [journal]
 path = "/var/lib/sadad-agent/journal.db"

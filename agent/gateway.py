@@ -7,16 +7,21 @@ detail, then reverse). What it guarantees:
 
 * card data leaves only sealed (``cloud.sealing``) with the gateway key;
   beside it in clear only masked PAN, brand and entry mode;
-* every answer is verified with the gateway key; a missing, blank or wrong
-  signature, a non-JSON body, HTTP 5xx, a timeout or a network failure all
-  raise ``CloudUnavailable`` (outcome unknown); a well-formed failure answer
-  raises ``CloudRejected`` (final for that request);
+* every answer is verified with the gateway key and must name the question
+  it answers (``cloud.answers``: the ``request_no``, ``trans_no`` and
+  ``terminal_sn`` asked about, stamped within 15 minutes); a missing, blank
+  or wrong signature, an answer bound to another request, order or terminal
+  or a stale one (replayed, swapped or delayed by someone in the middle), a
+  non-JSON body, HTTP 5xx, a timeout or a network failure all raise
+  ``CloudUnavailable`` (outcome unknown); a bound failure answer raises
+  ``CloudRejected`` (final for that request);
 * declines are mapped to a reason a cashier understands (``decline_reason``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -26,12 +31,15 @@ import msgspec
 from agent.http11 import Http11Client, HttpError, HttpTimeout, HttpTransport
 from cloud import envelope
 from cloud import messages as m
+from cloud.answers import Question, UnboundAnswer, open_cashier_answer
 from cloud.errors import CloudRejected, CloudUnavailable, ContractError
 from cloud.sealing import seal
 from cloud.signing import PrivateKeyLike, PublicKeyLike
 from drivers.base import CardRead, WalletCode
 
 T = TypeVar("T", bound=msgspec.Struct)
+
+log = logging.getLogger(__name__)
 
 # ISO 8583 response codes as acquirers send them, in words a cashier can say
 # to a customer. Anything else falls back to the gateway's own message.
@@ -84,7 +92,12 @@ class GatewayClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: m.Method, biz: msgspec.Struct, type_: type[T]) -> T:
+    def _question(self, method: m.Method, trans_no: str, request_no: str | None) -> Question:
+        return Question(str(method), trans_no, self.ident.terminal_sn, request_no)
+
+    async def _call(
+        self, method: m.Method, biz: msgspec.Struct, type_: type[T], question: Question
+    ) -> T:
         body = envelope.build_request(
             method, biz, app_id=self.ident.app_id, private_key=self.ident.private_key
         )
@@ -104,7 +117,13 @@ class GatewayClient:
         if resp.status != 200:
             raise CloudUnavailable(f"{method}: unexpected HTTP {resp.status}")
         try:
-            return envelope.open_response(resp.body, self.ident.gateway_public_key, type_)
+            return open_cashier_answer(
+                resp.body, self.ident.gateway_public_key, type_, question, now_ms=envelope.now_ms()
+            )
+        except UnboundAnswer as exc:
+            # Genuine, but not for this question: as if nothing came back.
+            log.warning("%s: answer ignored: %s", method, exc)
+            raise CloudUnavailable(f"{method}: answer not for this request: {exc}") from exc
         except ContractError as exc:
             raise CloudUnavailable(f"{method}: invalid answer: {exc}") from exc
 
@@ -141,7 +160,8 @@ class GatewayClient:
             trans_type=m.TransType(order.trans_type),
             orig_trans_no=order.orig_trans_no,
         )
-        return await self._call(m.Method.BANKCARD_CREATE, biz, m.CashierResult)
+        question = self._question(m.Method.BANKCARD_CREATE, order.trans_no, request_no)
+        return await self._call(m.Method.BANKCARD_CREATE, biz, m.CashierResult, question)
 
     async def pay_wallet(
         self, order: OrderRef, request_no: str, code: WalletCode
@@ -161,14 +181,16 @@ class GatewayClient:
             trans_type=m.TransType(order.trans_type),
             orig_trans_no=order.orig_trans_no,
         )
-        return await self._call(m.Method.WALLET_CREATE, biz, m.CashierResult)
+        question = self._question(m.Method.WALLET_CREATE, order.trans_no, request_no)
+        return await self._call(m.Method.WALLET_CREATE, biz, m.CashierResult, question)
 
     async def detail(self, trans_no: str, request_no: str | None = None) -> m.CashierResult:
         """``cashier.trans.detail``. Raises CloudUnavailable, CloudRejected."""
         biz = m.TransDetail(
             trans_no=trans_no, terminal_sn=self.ident.terminal_sn, request_no=request_no
         )
-        return await self._call(m.Method.TRANS_DETAIL, biz, m.CashierResult)
+        question = self._question(m.Method.TRANS_DETAIL, trans_no, request_no)
+        return await self._call(m.Method.TRANS_DETAIL, biz, m.CashierResult, question)
 
     async def reverse(self, trans_no: str, request_no: str, reason: str) -> m.CashierResult:
         """``cashier.trans.reverse``. Raises CloudUnavailable, CloudRejected."""
@@ -178,12 +200,22 @@ class GatewayClient:
             request_no=request_no,
             reason=reason,
         )
-        return await self._call(m.Method.TRANS_REVERSE, biz, m.CashierResult)
+        question = self._question(m.Method.TRANS_REVERSE, trans_no, request_no)
+        return await self._call(m.Method.TRANS_REVERSE, biz, m.CashierResult, question)
 
     async def cancel(self, trans_no: str, reason: str) -> m.CashierResult:
         """``cashier.trans.cancel``. Raises CloudUnavailable, CloudRejected."""
-        biz = m.TransCancel(trans_no=trans_no, terminal_sn=self.ident.terminal_sn, reason=reason)
-        return await self._call(m.Method.TRANS_CANCEL, biz, m.CashierResult)
+        # One cancel per order (it only closes a status-9 order): a fixed
+        # request_no, so the answer to a retry still names it.
+        request_no = f"{self.ident.terminal_sn}-{trans_no}-cancel"
+        biz = m.TransCancel(
+            trans_no=trans_no,
+            terminal_sn=self.ident.terminal_sn,
+            reason=reason,
+            request_no=request_no,
+        )
+        question = self._question(m.Method.TRANS_CANCEL, trans_no, request_no)
+        return await self._call(m.Method.TRANS_CANCEL, biz, m.CashierResult, question)
 
     async def ping(self) -> tuple[bool, str]:
         """Reachability for ``doctor`` and the setup screen: any signed answer counts."""

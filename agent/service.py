@@ -125,6 +125,13 @@ class AgentService:
     async def run(self) -> int:
         cfg = self.cfg
         private, public = self._keys(cfg)
+        if cfg.gateway.plain_http_off_host:  # allowed by config check only for labs
+            log.warning(
+                "gateway.url %s is plain http:// off this machine (allow_plain_http = true): "
+                "anyone on the network can read and hold back the gateway's answers; "
+                "labs only, use https:// in a store",
+                cfg.gateway.url,
+            )
         self.journal = Journal(cfg.journal.path)
         pruned = self.journal.prune(cfg.journal.keep_days)
         if pruned:

@@ -238,6 +238,11 @@ class OrderInfo(Wire):
     order_amount: Decimal
     trans_amount: Decimal
     terminal_sn: str
+    # Part B: whose order this is. The gateway signs every merchant's
+    # notifications with one key, so a receiver binds a result to its own
+    # merchant and app by these (``cloud.pos``), never by the signature alone.
+    merchant_no: str | None = None
+    app_id: str | None = None
     tip_amount: Decimal | None = None
     attach: str | None = None
     store_no: str | None = None
@@ -439,6 +444,22 @@ class TransCancel(Wire):
     trans_no: str
     terminal_sn: str
     reason: str | None = None
+    # Named by the answer, like every cashier call's (part D): the terminal
+    # makes one per cancel, ``{sn}-{trans_no}-cancel``.
+    request_no: str | None = None
+
+
+class AnswerBinding(Wire):
+    """What every cashier answer's ``data`` names so that it counts only for
+    the question it answers (part D): the request (``request_no``: a
+    create's idempotency key, or the attempt a detail, reverse or cancel is
+    about), the order, the terminal, and when the gateway answered. Failure
+    answers carry these too. ``cloud.answers.check_binding`` judges them."""
+
+    trans_no: str | None = None
+    terminal_sn: str | None = None
+    request_no: str | None = None
+    timestamp: str | None = None
 
 
 class CashierResult(Wire):
@@ -452,7 +473,11 @@ class CashierResult(Wire):
     masked_pan: str | None = None
     trans_error_code: str | None = None
     trans_error_msg: str | None = None
+    # The binding (``AnswerBinding``): an answer missing any of these, or
+    # naming another request, order or terminal, or stale, is no answer.
     request_no: str | None = None
+    terminal_sn: str | None = None
+    timestamp: str | None = None
 
     def __post_init__(self) -> None:
         if self.masked_pan is not None and not _MASKED_PAN.fullmatch(self.masked_pan):

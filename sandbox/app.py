@@ -108,16 +108,9 @@ def build_app(gw: Gateway) -> Starlette:
         return await handler(gw, merchant, fields)
 
     async def cashier_dispatch(method: str, app_id: str, fields: dict[str, Any]) -> Reply:
-        handler = cashier.HANDLERS.get(method)
-        if handler is None:
-            raise ApiError(
-                Code.UNKNOWN_METHOD,
-                f"unknown method {method!r} on /api/cashier/entry "
-                f"(offered: {', '.join(cashier.HANDLERS)})",
-            )
         terminal = gw.store.terminal(app_id)
-        assert terminal is not None
-        return await handler(gw, terminal, fields)
+        assert terminal is not None  # open_request found its key
+        return await cashier.dispatch(gw, terminal, method, fields)
 
     async def open_api(request: Request) -> Response:
         return await _entry(gw, request, pos_key, open_api_dispatch)

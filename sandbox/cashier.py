@@ -44,6 +44,7 @@ from typing import Any
 from cloud import envelope, sealing, wirejson
 from cloud.errors import ContractError
 from cloud.messages import (
+    AnswerBinding,
     BankcardCreate,
     Method,
     TransCancel,
@@ -194,10 +195,10 @@ async def _attempt(
     try:
         reply = await _pay(gw, terminal, method, req)
     except ApiError as exc:
-        reply = gw.fail(exc.code, exc.msg, exc.http_status)
+        reply = gw.fail(exc.code, exc.msg, exc.http_status, _bound(gw, req))
         gw.store.finish_request(terminal.sn, req.request_no, reply.body.decode(), reply.http_status)
     except ContractError as exc:
-        reply = gw.fail(Code.INVALID_PARAMETER, f"invalid parameter: {exc}")
+        reply = gw.fail(Code.INVALID_PARAMETER, f"invalid parameter: {exc}", 200, _bound(gw, req))
         gw.store.finish_request(terminal.sn, req.request_no, reply.body.decode(), reply.http_status)
     except asyncio.CancelledError:
         reply = gw.fail(Code.GATEWAY_RESTARTED, "the sandbox is stopping", 503)
@@ -290,7 +291,7 @@ async def _pay(gw: Gateway, terminal: Terminal, method: str, req: Create) -> Rep
             _charge(gw, current, req.request_no, instrument, undo=not still_ours)
         final = gw.store.order(order.trans_no)
         assert final is not None
-        reply = gw.ok(cashier_result(final, req.request_no))
+        reply = gw.ok(cashier_result(final, _bound(gw, req)))
         gw.store.finish_request(terminal.sn, req.request_no, reply.body.decode(), 200)
     if decision.outcome is Outcome.CHARGE_THEN_ERROR:
         return Reply(500, b"internal server error (sandbox amount .52: charged)", "text/plain")
@@ -341,7 +342,7 @@ async def detail(gw: Gateway, terminal: Terminal, fields: dict[str, Any]) -> Rep
     req = decode(fields, TransDetail)
     _own(terminal, req.terminal_sn)
     order = _order_for(gw, terminal, req.trans_no)
-    return gw.ok(cashier_result(order, req.request_no))
+    return gw.ok(cashier_result(order, _bound(gw, req)))
 
 
 async def reverse(gw: Gateway, terminal: Terminal, fields: dict[str, Any]) -> Reply:
@@ -365,7 +366,7 @@ async def reverse(gw: Gateway, terminal: Terminal, fields: dict[str, Any]) -> Re
             req.request_no,
             undone,
         )
-    return gw.ok(cashier_result(order, req.request_no))
+    return gw.ok(cashier_result(order, _bound(gw, req)))
 
 
 async def cancel(gw: Gateway, terminal: Terminal, fields: dict[str, Any]) -> Reply:
@@ -398,7 +399,7 @@ async def cancel(gw: Gateway, terminal: Terminal, fields: dict[str, Any]) -> Rep
             f"order {order.trans_no} is already final (trans_status {int(order.trans_status)}); "
             "reverse it to undo a payment",
         )
-    return gw.ok(cashier_result(order))
+    return gw.ok(cashier_result(order, _bound(gw, req)))
 
 
 def _settle_broken_attempt(gw: Gateway, terminal: Terminal, req: Create, reply: Reply) -> None:
@@ -422,6 +423,7 @@ def recover_pending(gw: Gateway) -> None:
     nothing was charged (a charge and its status move are one transaction), so
     the order goes back to 9 and the attempt's answer is a 50001 failure."""
     for pending in gw.store.pending_requests():
+        binding = gw.bind(pending.terminal_sn, pending.trans_no, pending.request_no)
         order = gw.store.order(pending.trans_no)
         if (
             order is not None
@@ -432,15 +434,53 @@ def recover_pending(gw: Gateway) -> None:
             reply = gw.fail(
                 Code.GATEWAY_RESTARTED,
                 "the sandbox restarted before the acquirer answered; nothing was charged",
+                binding=binding,
             )
         elif order is not None:
-            reply = gw.ok(cashier_result(order, pending.request_no))
+            reply = gw.ok(cashier_result(order, binding))
         else:
-            reply = gw.fail(Code.ORDER_NOT_FOUND, f"order not found: trans_no {pending.trans_no}")
+            reply = gw.fail(
+                Code.ORDER_NOT_FOUND,
+                f"order not found: trans_no {pending.trans_no}",
+                binding=binding,
+            )
         gw.store.finish_request(
             pending.terminal_sn, pending.request_no, reply.body.decode(), reply.http_status
         )
         log.warning("settled interrupted attempt %s of %s", pending.request_no, pending.trans_no)
+
+
+def _bound(gw: Gateway, req: Create | TransDetail | TransReverse | TransCancel) -> AnswerBinding:
+    return gw.bind(req.terminal_sn, req.trans_no, req.request_no)
+
+
+def binding_of(gw: Gateway, terminal: Terminal, fields: dict[str, Any]) -> AnswerBinding:
+    """What a refusal of the request ``fields`` names: the request as sent (its
+    fields may be what is wrong with it, so they are read without a decode)."""
+
+    def text(name: str) -> str | None:
+        value = fields.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return gw.bind(text("terminal_sn") or terminal.sn, text("trans_no"), text("request_no"))
+
+
+async def dispatch(gw: Gateway, terminal: Terminal, method: str, fields: dict[str, Any]) -> Reply:
+    """Run the handler of ``method`` for a verified request of ``terminal``; a
+    refusal is a signed failure answer bound to the request (part D)."""
+    handler = HANDLERS.get(method)
+    try:
+        if handler is None:
+            raise ApiError(
+                Code.UNKNOWN_METHOD,
+                f"unknown method {method!r} on /api/cashier/entry (offered: {', '.join(HANDLERS)})",
+            )
+        return await handler(gw, terminal, fields)
+    except ApiError as exc:
+        return gw.fail(exc.code, exc.msg, exc.http_status, binding_of(gw, terminal, fields))
+    except ContractError as exc:
+        binding = binding_of(gw, terminal, fields)
+        return gw.fail(Code.INVALID_PARAMETER, f"invalid parameter: {exc}", 200, binding)
 
 
 HANDLERS: dict[str, Handler] = {

@@ -37,6 +37,7 @@ import msgspec
 from cloud import envelope, wirejson
 from cloud.errors import ContractError, SignatureError
 from cloud.messages import (
+    AnswerBinding,
     CashierResult,
     EventKind,
     PushClose,
@@ -81,8 +82,9 @@ class Settings:
     late_seconds: float = DEFAULT_LATE_S  # the late-create fault's delay
 
 
-def cashier_result(order: Order, request_no: str | None = None) -> CashierResult:
-    """Answer ``data`` of the cashier methods for ``order`` as it is now (part D)."""
+def cashier_result(order: Order, binding: AnswerBinding) -> CashierResult:
+    """Answer ``data`` of the cashier methods for ``order`` as it is now, naming
+    the question it answers (part D: ``binding``, from ``Gateway.bind``)."""
     paid = order.trans_status is TransStatus.COMPLETED
     failed = order.trans_status in (TransStatus.CLOSED, TransStatus.CANCELLED)
     return CashierResult(
@@ -94,7 +96,9 @@ def cashier_result(order: Order, request_no: str | None = None) -> CashierResult
         masked_pan=order.masked_pan if paid else None,
         trans_error_code=order.trans_error_code if failed else None,
         trans_error_msg=order.trans_error_msg if failed else None,
-        request_no=request_no,
+        request_no=binding.request_no,
+        terminal_sn=binding.terminal_sn,
+        timestamp=binding.timestamp,
     )
 
 
@@ -155,9 +159,21 @@ class Gateway:
         body = envelope.build_response(data, self.keys.gateway_private)
         return Reply(200, envelope.encode(body))
 
-    def fail(self, code: Code, msg: str, http_status: int = 200) -> Reply:
-        body = envelope.build_response(None, self.keys.gateway_private, code=str(code), msg=msg)
+    def fail(
+        self, code: Code, msg: str, http_status: int = 200, binding: AnswerBinding | None = None
+    ) -> Reply:
+        """A signed failure answer; a cashier refusal names what it refuses (``binding``)."""
+        body = envelope.build_response(binding, self.keys.gateway_private, code=str(code), msg=msg)
         return Reply(http_status, envelope.encode(body))
+
+    def bind(self, terminal_sn: str, trans_no: str | None, request_no: str | None) -> AnswerBinding:
+        """What a cashier answer to this question names (part D), stamped now."""
+        return AnswerBinding(
+            trans_no=trans_no,
+            terminal_sn=terminal_sn,
+            request_no=request_no,
+            timestamp=envelope.timestamp(),
+        )
 
     # ---------------------------------------------------------------- orders
 

@@ -40,6 +40,15 @@ class SimGateway:
     down: bool = False
     seen_pans: list[str] = field(default_factory=list)
     amounts: list[str] = field(default_factory=list)
+    # A man in the middle: the next answers are bound to this instead of their
+    # question (e.g. ``{"request_no": "other"}``, or a stale ``timestamp``),
+    # as a replayed, swapped or delayed answer would be. One entry per answer.
+    rebind_next: list[dict[str, str]] = field(default_factory=list)
+    # A man in the middle that answers by itself: the request never reaches
+    # the gateway and gets this (e.g. an earlier genuine answer from ``sent``).
+    intercept_next: list[HttpResponse] = field(default_factory=list)
+    sent: list[tuple[str, HttpResponse]] = field(default_factory=list)  # (method, answer)
+    _asked: dict[str, Any] = field(default_factory=dict)
 
     def client(self) -> GatewayClient:
         ident = GatewayIdentity(
@@ -52,16 +61,35 @@ class SimGateway:
         return GatewayClient(ident, timeout=2.0, transport=SimHttp(self._handle))
 
     def _answer(
-        self, data: msgspec.Struct | None, code: str = "0", msg: str = "ok"
+        self, data: m.CashierResult | None, code: str = "0", msg: str = "ok"
     ) -> HttpResponse:
-        return HttpResponse(
+        """The signed answer to the request being handled, bound to it (part D)."""
+        binding = {
+            "trans_no": str(self._asked["trans_no"]),
+            "terminal_sn": str(self._asked["terminal_sn"]),
+            "request_no": self._asked.get("request_no"),
+            "timestamp": envelope.timestamp(),
+        }
+        if self.rebind_next:
+            binding.update(self.rebind_next.pop(0))
+        bound: msgspec.Struct
+        if data is None:
+            bound = m.AnswerBinding(**binding)
+        else:
+            bound = msgspec.structs.replace(data, **binding)
+        answer = HttpResponse(
             200,
             {},
-            envelope.encode(envelope.build_response(data, GW_PRIVATE, code=code, msg=msg)),
+            envelope.encode(envelope.build_response(bound, GW_PRIVATE, code=code, msg=msg)),
         )
+        self.sent.append((str(self._asked["method"]), answer))
+        return answer
 
     async def _handle(self, body: bytes) -> HttpResponse:
         method, _app, fields = envelope.open_request(body, lambda _a: TERM_PUBLIC)
+        self._asked = fields
+        if self.intercept_next:
+            return self.intercept_next.pop(0)
         self.calls.append(method)
         if self.down:
             raise HttpConnectError("down")

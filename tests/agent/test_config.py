@@ -323,6 +323,20 @@ BAD: list[tuple[str, str, str]] = [
         'gateway.url: must be http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH], got "ftp://gw"',
     ),
     (
+        "gateway plain http off the machine",
+        edit('url = "http://127.0.0.1:8080"', 'url = "http://gw.example:8080"'),
+        "gateway.url: plain http:// is allowed only to a loopback host (127.0.0.1, ::1, "
+        "localhost): use https://, or set allow_plain_http = true for a lab "
+        "(a warning at every start)",
+    ),
+    (
+        "gateway allow_plain_http not a bool",
+        edit(
+            'url = "http://127.0.0.1:8080"', 'url = "http://127.0.0.1:8080"\nallow_plain_http = 1'
+        ),
+        "gateway.allow_plain_http: must be true or false, got 1",
+    ),
+    (
         "gateway timeout",
         edit(
             'public_key_file = "/abs/gateway_public.pem"', 'public_key_file = "/g.pem"\ntimeout = 0'
@@ -583,3 +597,28 @@ def test_example_loads_and_is_the_shipped_file() -> None:
     assert full.mqtt.cert_file == Path("/etc/sadad-agent/terminal.crt")
     assert set(full.readers) == {"nfc", "card", "qr"}
     assert (REPO / "systemd" / "agent.toml.example").read_text("utf-8") == text
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "off_host"),
+    [
+        ("https://gw.example/sadad", False, False),
+        ("http://127.0.0.1:8080", False, False),
+        ("http://127.9.9.9", False, False),
+        ("http://[::1]:8080", False, False),
+        ("http://localhost:8080", False, False),
+        ("http://gw.example:8080", True, True),
+        ("http://10.0.0.5", True, True),
+    ],
+)
+def test_gateway_https_unless_loopback_or_allowed(
+    tmp_path: Path, url: str, allow: bool, off_host: bool
+) -> None:
+    text = edit('url = "http://127.0.0.1:8080"', f'url = "{url}"')
+    if allow:
+        with pytest.raises(ConfigError, match="plain http:// is allowed only to a loopback"):
+            load_config(write(tmp_path, text))
+        text = text.replace(f'url = "{url}"', f'url = "{url}"\nallow_plain_http = true')
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.gateway.allow_plain_http is allow
+    assert cfg.gateway.plain_http_off_host is off_host

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cloud import envelope, wirejson
 from cloud.messages import CashierResult, Method, OrderInfo, PayOrderResult, TransStatus
 from sandbox.broker import MosquittoBroker
 from tests.integration.conftest import SandboxHandle, order_fields, running_sandbox
@@ -273,3 +274,43 @@ def test_refusals_and_no_regression(cashier: SandboxHandle) -> None:
     assert info.trans_status is TransStatus.CLOSED
     assert info.trans_error_code == "EXPIRED"
     assert sb.answer(card_create(sb, short.trans_no, "9.00"))["code"] == "40906"
+
+
+def test_every_answer_names_its_question(cashier: SandboxHandle) -> None:
+    """Part D: answers and refusals alike name the request, order and terminal
+    they answer, stamped now, so a terminal can tell them from a replay."""
+    sb = cashier
+    order = new_order(sb, "3.00")
+    request_no = uuid.uuid4().hex
+    paid = sb.open_ok(card_create(sb, order.trans_no, "3.00", request_no=request_no), CashierResult)
+    detail = call(sb, Method.TRANS_DETAIL, order.trans_no, request_no=request_no)
+    cancel_refused = sb.answer(
+        sb.cashier_call(
+            SN,
+            Method.TRANS_CANCEL,
+            {"trans_no": order.trans_no, "terminal_sn": SN, "request_no": "c-1"},
+        )
+    )
+    unknown = sb.answer(
+        sb.cashier_call(SN, Method.TRANS_DETAIL, {"trans_no": "NOPE", "terminal_sn": SN})
+    )
+    now = envelope.now_ms()
+    for result, request in ((paid, request_no), (detail, request_no)):
+        assert (result.trans_no, result.terminal_sn, result.request_no) == (
+            order.trans_no,
+            SN,
+            request,
+        )
+        assert result.timestamp is not None
+        assert abs(now - int(result.timestamp)) < 60_000
+    assert cancel_refused["code"] != "0"
+    bound = wirejson.loads(cancel_refused["data"])
+    assert (bound["trans_no"], bound["terminal_sn"], bound["request_no"]) == (
+        order.trans_no,
+        SN,
+        "c-1",
+    )
+    assert unknown["code"] != "0"
+    bound = wirejson.loads(unknown["data"])
+    assert (bound["trans_no"], bound["terminal_sn"], bound.get("request_no")) == ("NOPE", SN, None)
+    assert abs(now - int(bound["timestamp"])) < 60_000
