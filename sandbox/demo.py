@@ -314,9 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGHUP, leave)
+    # Every path handed to the agent, the readers and the sandbox is absolute,
+    # so the demo works from any directory with the Makefile's relative default.
+    data = args.data.absolute()
     if args.headless or not sys.stdout.isatty():
-        return headless(args.data)
-    return interactive(args.data)
+        return headless(data)
+    return interactive(data)
 
 
 if __name__ == "__main__":

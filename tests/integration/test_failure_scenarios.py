@@ -210,7 +210,10 @@ def test_terminal_offline(term: Terminal) -> None:
     final = term.pos.wait_for_final(order.merchant_order_no, deadline_s=WAIT_S)
     assert final.trans_status is TransStatus.COMPLETED
     assert term.settled(order).phase == "APPROVED"
-    assert event_kinds(term, order)[0] == "received"  # delivered once, when it was back
+    # The events reach the gateway after the order is final there: wait for the
+    # last one, then look at the first (delivered once, when it was back).
+    wait_until(lambda: "paid" in event_kinds(term, order))
+    assert event_kinds(term, order)[0] == "received"
     term.assert_all_settled()
 
 
@@ -240,6 +243,7 @@ def test_terminal_busy(term: Terminal) -> None:
     final = term.pos.wait_for_final(order.merchant_order_no, deadline_s=WAIT_S)
     assert final.trans_status is TransStatus.COMPLETED
     assert term.settled(order).phase == "APPROVED"
+    wait_until(lambda: "paid" in event_kinds(term, order))  # events trail the final status
     kinds = event_kinds(term, order)
     assert kinds.index("busy") < kinds.index("displayed") < kinds.index("paid")
 
