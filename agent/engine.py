@@ -46,8 +46,9 @@ from typing import Any, Protocol
 from agent.gateway import GatewayClient, OrderRef, decline_reason
 from agent.journal import Journal, JournalError, Phase, TxRow
 from agent.mqtt_link import LinkDown, LinkError
+from agent.reject_reports import RejectReports, Report
 from agent.states import RESULT_SECONDS, State, build_machine
-from cloud import envelope, money, wirejson
+from cloud import envelope, money, redact
 from cloud import messages as m
 from cloud.errors import CloudRejected, CloudUnavailable, SadadError
 from cloud.signing import PrivateKeyLike, PublicKeyLike
@@ -168,6 +169,7 @@ class Engine:
         on_screen: Callable[[ScreenView], None] | None = None,
         on_status: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        reject_reports: RejectReports | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -191,6 +193,9 @@ class Engine:
         self._reader_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._recovering = False
+        self._reports = reject_reports or RejectReports()
+        self._report_timer: asyncio.TimerHandle | None = None
+        self._rejected_seq = 0
         self.gateway_ok: bool | None = None
         build_machine(self, settings.result_seconds)
 
@@ -232,6 +237,9 @@ class Engine:
         self._inbox.put_nowait(("next", None))
 
     async def stop(self) -> None:
+        if self._report_timer is not None:
+            self._report_timer.cancel()
+            self._report_timer = None
         await self._stop_readers()
         for task in self._tasks:
             task.cancel()
@@ -260,15 +268,37 @@ class Engine:
 
     async def handle_push(self, payload: bytes) -> None:
         """Verify and journal one push. Returns once it is durable (then PUBACK).
-        Raises JournalError only (the push is then not acknowledged)."""
+
+        ``payload`` is whatever arrived on the orders topic, from anyone
+        (docs/protocol.md part C): anything that is not a genuine push for
+        this terminal is rejected, reported (rate-limited) and acknowledged,
+        so that no bytes can stop the terminal. Raises JournalError only, for
+        a genuine push that could not be made durable (it is then not
+        acknowledged, and the broker delivers it again)."""
         received = self.clock.ms()
+        if len(payload) > m.MAX_PUSH_BYTES:  # a 3.1.1 broker cannot be told the limit
+            why = f"{len(payload)} bytes, over the {m.MAX_PUSH_BYTES} a push may have"
+            self._reject(len(payload), envelope.PushRejected("too_large", why))
+            return
         try:
             push, biz = envelope.open_push(
                 payload, self.settings.gateway_public_key, self.settings.sn
             )
         except envelope.PushRejected as exc:
-            self._reject(payload, exc)
+            self._reject(len(payload), exc)
             return
+        try:
+            await self._take_push(push, biz, received)
+        except JournalError:
+            raise
+        except Exception as exc:
+            # A bug on a genuine push: not acknowledging it would have the broker
+            # deliver it first, forever, and no order after it would be taken.
+            log.exception("push %s could not be taken; rejected", push.message_id)
+            why = f"internal error ({type(exc).__name__})"
+            self._reject(len(payload), envelope.PushRejected("internal_error", why))
+
+    async def _take_push(self, push: m.Push, biz: m.PushOrder | m.PushClose, received: int) -> None:
         if self.journal.seen_push(push.message_id):
             log.info("push %s delivered again: already handled", push.message_id)
             await self._sync_journal()  # its first delivery's sync may have failed
@@ -345,21 +375,88 @@ class Engine:
         if self.journal.unsynced:
             await asyncio.to_thread(self.journal.sync)
 
-    def _reject(self, payload: bytes, exc: envelope.PushRejected) -> None:
-        message_id, topic = "unknown", "unknown"
+    def _reject(self, size: int, exc: envelope.PushRejected) -> None:
+        """Journal and report a rejected push; never raises (the push is
+        acknowledged whatever happens here)."""
         try:
-            obj = wirejson.loads(payload)
-            if isinstance(obj, dict):
-                message_id = str(obj.get("message_id") or "unknown")[:64]
-                topic = str(obj.get("topic") or "unknown")[:64]
-        except SadadError:
-            pass
+            if exc.message_id is not None:
+                self._reject_genuine(exc)
+            else:
+                self._reject_unverified(size, exc)
+        except Exception:
+            log.exception("push rejection (%s) not journaled; acknowledged anyway", exc.reason)
+
+    def _reject_genuine(self, exc: envelope.PushRejected) -> None:
+        """A push the gateway signed, refused for what it says (another
+        terminal's, stale, expired): its message_id is genuine, so it goes
+        with the pushes, where a redelivery is recognised, and the TMS hears
+        of each one (there are only as many as the gateway signed: no rate
+        limit is needed, and the order's fate depends on it)."""
+        assert exc.message_id is not None
+        message_id = redact.safe(exc.message_id, 64)
+        if not self.journal.record_rejected_push(
+            message_id, redact.safe(exc.topic or "unknown"), exc.reason
+        ):
+            return  # delivered again: reported the first time
         log.warning("push %s rejected (%s): %s", message_id, exc.reason, exc)
-        if message_id == "unknown":
-            message_id = "rejected-" + str(_wall_ms())
-        if self.journal.record_rejected_push(message_id, topic, exc.reason):
-            self.journal.enqueue_event("rejected", message_id, None, exc.reason)
-            self._outbox_wake.set()
+        self.journal.enqueue_event("rejected", message_id, None, exc.reason)
+        self._outbox_wake.set()
+
+    def _reject_unverified(self, size: int, exc: envelope.PushRejected) -> None:
+        """Anything else: not a push anyone signed. Nothing of it is trusted,
+        its claimed message_id included (a forgery must not claim the id of a
+        genuine push to come), and only a bounded, rate-limited record of it
+        is kept."""
+        report = self._reports.offer(exc.reason, time.monotonic())
+        if report is None:
+            log.debug("push rejected (%s), counted for the next report", exc.reason)
+            self._schedule_report_flush()
+            return
+        claimed = redact.safe(exc.claimed_id, 64) if exc.claimed_id is not None else None
+        detail = redact.safe(str(exc), 160)
+        log.warning(
+            "push rejected (%s, %d bytes%s): %s",
+            report.text,
+            size,
+            f", claiming message_id {claimed}" if claimed is not None else "",
+            detail,
+        )
+        self._record_report(report, detail, size, claimed)
+
+    def _record_report(self, report: Report, detail: str, size: int, claimed: str | None) -> None:
+        self._rejected_seq += 1
+        self.journal.record_rejection(
+            reason=report.reason,
+            detail=detail,
+            size=size,
+            suppressed=report.suppressed,
+            claimed_id=claimed,
+            event_id=f"rejected-{_wall_ms()}-{self._rejected_seq}",
+            event_reason=report.text,
+        )
+        self._outbox_wake.set()
+
+    def _schedule_report_flush(self) -> None:
+        if self._report_timer is not None:
+            return
+        due = self._reports.due(time.monotonic())
+        if due is None:
+            return
+        self._report_timer = asyncio.get_running_loop().call_later(due + 0.01, self._flush_reports)
+
+    def _flush_reports(self) -> None:
+        """The rejections counted while reports were held, reported as one."""
+        self._report_timer = None
+        report = self._reports.flush(time.monotonic())
+        if report is None:
+            self._schedule_report_flush()
+            return
+        count = report.suppressed + 1
+        log.warning("%d more pushes rejected (the last: %s)", count, report.reason)
+        try:
+            self._record_report(report, f"{count} rejected since the last report", 0, None)
+        except Exception:
+            log.exception("push rejection report not journaled")
 
     async def handle_intent(self, name: str) -> dict[str, Any]:
         """A cashier intent from the UI bridge: confirm or cancel the current order."""

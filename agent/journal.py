@@ -172,7 +172,26 @@ MIGRATIONS: list[str] = [
     # 2: the outbox keeps sent events until pruned; without this index every
     # drain scanned all of them (~30 ms a drain after 90 days of 500 sales a day)
     "CREATE INDEX outbox_unsent ON outbox(id) WHERE sent_at IS NULL",
+    # 3: pushes refused before their signature verified, kept apart from
+    # ``pushes`` (which suppresses duplicates by message_id: a forged push
+    # must not claim the id of a genuine one to come); bounded, and never the
+    # payload - only what ``cloud.redact.safe`` leaves of its claims.
+    """
+    CREATE TABLE rejections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        claimed_id TEXT,
+        size INTEGER NOT NULL,
+        suppressed INTEGER NOT NULL
+    );
+    """,
 ]
+
+# How many rejection rows are kept (the newest); a report at most every 2 s
+# (``agent.reject_reports``) makes that ~half an hour of a steady flood.
+MAX_REJECTIONS = 1000
 
 # 13-19 digit runs pass the PAN shape; the journal refuses them outright.
 _PAN_LIKE = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
@@ -397,6 +416,44 @@ class Journal:
                 (message_id, topic, None, _now_ms(), f"rejected:{reason}"),
             )
             return cur.rowcount == 1
+
+    def record_rejection(
+        self,
+        *,
+        reason: str,
+        detail: str,
+        size: int,
+        suppressed: int,
+        claimed_id: str | None,
+        event_id: str,
+        event_reason: str,
+        at_ms: int | None = None,
+    ) -> None:
+        """Keep a reported rejection of an unverified push and queue its
+        ``rejected`` event (``event_id``, ``event_reason``), in one commit.
+
+        The texts must already be safe (``cloud.redact.safe``). Committed
+        without an fsync of its own (it moves no money; the next FULL commit
+        or ``sync()`` covers it), so a flood costs no flash writes per
+        message. Keeps the newest ``MAX_REJECTIONS`` rows."""
+        with self.batch(deferred_sync=True), self._tx() as db:
+            db.execute(
+                "INSERT INTO rejections (at_ms, reason, detail, claimed_id, size, suppressed) "
+                "VALUES (?,?,?,?,?,?)",
+                (at_ms or _now_ms(), reason, detail, claimed_id, size, suppressed),
+            )
+            db.execute(
+                "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?",
+                (MAX_REJECTIONS,),
+            )
+            self.enqueue_event("rejected", event_id, None, event_reason)
+
+    def rejections(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest kept rejections, newest first."""
+        rows = self._db.execute(
+            "SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [dict(r) for r in rows]
 
     def record_order(self, message_id: str, tx: dict[str, Any]) -> bool:
         """Journal an accepted order push and its transaction in one commit.

@@ -77,6 +77,10 @@ Contract:
   with client id ``{sn}-probe`` and a clean session, so it never takes over
   the terminal's session. Broker ACLs written with ``%c`` (client id) must
   allow that id for the probe to pass the subscribe stage.
+* Packet size: under MQTT 5 the CONNECT announces a Maximum Packet Size
+  just over ``cloud.messages.MAX_PUSH_BYTES``, so the broker discards bigger
+  messages for this client (acknowledged for the publisher, never delivered
+  here); under 3.1.1 the engine rejects a bigger payload unread.
 * Payloads are never logged (pushes carry order data).
 """
 
@@ -104,7 +108,7 @@ from agent.backoff import Backoff
 from agent.config import ConfigError, MqttConfig, mqtt_password, parse_mqtt_url
 from cloud import envelope
 from cloud.errors import SadadError
-from cloud.messages import TerminalStatus
+from cloud.messages import MAX_PUSH_BYTES, TerminalStatus
 
 __all__ = [
     "ConnectionState",
@@ -292,6 +296,11 @@ class _Session:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if self.persistent:
                 props.SessionExpiryInterval = self.cfg.session_expiry
+            # The broker must not send us bigger packets [MQTT-3.1.2-24]; it
+            # drops them itself, for this client only, without redelivery
+            # (tests/agent/test_mqtt_link.py checks Mosquitto does). Headroom
+            # over the largest push for the fixed header and topic.
+            props.MaximumPacketSize = MAX_PUSH_BYTES + 1024
             kwargs = {"clean_start": not self.persistent, "properties": props}
 
         def connect() -> MQTTErrorCode:

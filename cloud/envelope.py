@@ -195,11 +195,25 @@ def verify_notification(body: bytes | dict[str, Any], gateway_key: PublicKeyLike
 
 class PushRejected(ContractError):
     """A push the terminal must not act on; ``reason`` is the short code reported
-    in the ``rejected`` event (bad_signature, wrong_terminal, clock, expired, malformed)."""
+    in the ``rejected`` event (malformed, bad_signature, wrong_terminal, clock,
+    expired). ``message_id`` is the push's own id when its signature verified
+    (a genuine push, refused for what it says), else None: an unverified
+    push's claims, its id included, are the sender's word only."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        message_id: str | None = None,
+        *,
+        topic: str | None = None,
+        claimed_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.message_id = message_id
+        self.topic = topic  # the signed topic, with message_id
+        self.claimed_id = claimed_id  # what an unverified push said its id was
 
 
 def build_push(
@@ -229,18 +243,40 @@ def open_push(
 ) -> tuple[Push, PushOrder | PushClose]:
     """Everything the terminal checks before it acts on a push (part C).
 
-    Raises PushRejected with a reason code; never anything else.
+    ``payload`` is whatever arrived on the orders topic, from anyone. Raises
+    PushRejected with a reason code; never anything else, whatever the bytes.
     """
-    now = now_ms() if now is None else now
+    try:
+        return _open_push(payload, gateway_key, terminal_sn, now_ms() if now is None else now)
+    except PushRejected:
+        raise
+    except Exception as exc:  # a check that tripped over the bytes: still a rejection
+        raise PushRejected("malformed", f"unreadable push ({type(exc).__name__})") from None
+
+
+def _open_push(
+    payload: bytes, gateway_key: PublicKeyLike, terminal_sn: str, now: int
+) -> tuple[Push, PushOrder | PushClose]:
+    claimed: str | None = None
     try:
         obj = wirejson.loads(payload)
         if not isinstance(obj, dict):
             raise ContractError("push must be a JSON object")
+        claimed_id = obj.get("message_id")
+        claimed = claimed_id if isinstance(claimed_id, str) else None
         verify(obj, gateway_key)
     except SignatureError as exc:
-        raise PushRejected("bad_signature", str(exc)) from None
+        raise PushRejected("bad_signature", str(exc), claimed_id=claimed) from None
     except ContractError as exc:
-        raise PushRejected("malformed", str(exc)) from None
+        raise PushRejected("malformed", str(exc), claimed_id=claimed) from None
+    # Signed by the gateway from here on: its message_id is a genuine one.
+    message_id = claimed or None
+    signed_topic = obj.get("topic")
+    topic = signed_topic if isinstance(signed_topic, str) else None
+
+    def refused(reason: str, why: str) -> PushRejected:
+        return PushRejected(reason, why, message_id, topic=topic, claimed_id=claimed)
+
     try:
         push = decode(obj, Push)
         biz_type: type[PushOrder] | type[PushClose] = (
@@ -248,15 +284,15 @@ def open_push(
         )
         biz = decode(wirejson.loads(push.biz_data), biz_type)
     except ContractError as exc:
-        raise PushRejected("malformed", str(exc)) from None
+        raise refused("malformed", str(exc)) from None
     if biz.terminal_sn != terminal_sn:
-        raise PushRejected("wrong_terminal", "push is addressed to another terminal")
+        raise refused("wrong_terminal", "push is addressed to another terminal")
     try:
         check_clock(push.timestamp, now)
     except ContractError as exc:
-        raise PushRejected("clock", str(exc)) from None
+        raise refused("clock", str(exc)) from None
     if isinstance(biz, PushOrder) and biz.expires_at <= now:
-        raise PushRejected("expired", "order expired before it could be shown")
+        raise refused("expired", "order expired before it could be shown")
     return push, biz
 
 

@@ -23,6 +23,10 @@ from cloud.money import check_amount, currency
 T = TypeVar("T", bound=msgspec.Struct)
 
 MAX_CLOCK_SKEW_MS = 15 * 60 * 1000  # "rejects one more than 15 minutes off its clock"
+# Part C: the largest push a terminal takes. A genuine one is a few KB (its
+# free-text fields are bounded); the terminal announces this as its MQTT 5
+# Maximum Packet Size and refuses bigger payloads unread under 3.1.1.
+MAX_PUSH_BYTES = 64 * 1024
 TERMINAL_APP = "SADAD POS"  # our answer to message_receiving_application
 
 
@@ -113,7 +117,9 @@ class Screen(enum.StrEnum):
 
 
 _ORDER_NO = re.compile(r"[A-Za-z0-9_\-|*@]{1,32}")
-_MASKED_PAN = re.compile(r"\d{6}\*{3,9}\d{4}")
+# A masked PAN of 12-19 digits: at most the first 6 and last 4 shown
+# (``cloud.redact.mask_pan`` shows fewer of a short one).
+_MASKED_PAN = re.compile(r"(?=.{12,19}$)\d{0,6}\*{3,13}\d{0,4}")
 
 
 def _bad(field: str, why: str) -> ValueError:
@@ -264,7 +270,7 @@ class OrderInfo(Wire):
 
     def __post_init__(self) -> None:
         if self.masked_pan is not None and not _MASKED_PAN.fullmatch(self.masked_pan):
-            raise _bad("masked_pan", "must be first 6 / last 4 with * between")
+            raise _bad("masked_pan", "must be at most the first 6 / last 4 digits with * between")
 
 
 class Notification(OrderInfo):
@@ -409,7 +415,7 @@ class BankcardCreate(Wire):
         _check_currency(self.price_currency)
         _check_amount("order_amount", self.order_amount, self.price_currency, allow_zero=False)
         if not _MASKED_PAN.fullmatch(self.masked_pan):
-            raise _bad("masked_pan", "must be first 6 / last 4 with * between")
+            raise _bad("masked_pan", "must be at most the first 6 / last 4 digits with * between")
 
 
 class WalletCreate(Wire):
@@ -481,7 +487,7 @@ class CashierResult(Wire):
 
     def __post_init__(self) -> None:
         if self.masked_pan is not None and not _MASKED_PAN.fullmatch(self.masked_pan):
-            raise _bad("masked_pan", "must be first 6 / last 4 with * between")
+            raise _bad("masked_pan", "must be at most the first 6 / last 4 digits with * between")
 
 
 # ---------------------------------------------------------------- decoding

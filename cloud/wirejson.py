@@ -1,10 +1,24 @@
 """JSON as the gateway reads it: numbers keep their exact text.
 
-PROTOCOL.md "Common envelope": the signature covers a number exactly as its
-JSON text on the wire (``12.50`` stays ``12.50``), so incoming numbers are
+docs/protocol.md "Common envelope": the signature covers a number exactly as
+its JSON text on the wire (``12.50`` stays ``12.50``), so incoming numbers are
 parsed into ``WireNumber`` (a Decimal that remembers its text) and outgoing
 Decimals are written in plain positional notation. Binary floats are refused
 both ways: money never passes through them.
+
+``loads`` is the parser of everything received from the network, whoever
+sent it (anyone who can publish on a terminal's orders topic, for one), so it
+is strict and bounded, and raises ``ContractError`` and nothing else:
+
+* the bytes must be UTF-8 (no other encoding is sniffed, no byte order mark);
+* no duplicate keys: a signer and a reader must see the same value (a JSON
+  reader that keeps the last of two would verify one and act on the other);
+* no lone surrogates (a ``\\ud800`` escape on its own) in keys or strings: they cannot be
+  written back as UTF-8, which the signature is computed over;
+* no ``NaN``/``Infinity``; integers of at most ``MAX_INT_DIGITS`` digits and
+  decimals whose exponent stays within ``MAX_EXPONENT``;
+* nesting at most ``MAX_DEPTH`` arrays/objects deep (our messages use 2), so
+  that nothing downstream can recurse out of the stack.
 """
 
 from __future__ import annotations
@@ -14,6 +28,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cloud.errors import ContractError
+
+MAX_DEPTH = 32
+MAX_INT_DIGITS = 40
+MAX_EXPONENT = 100
 
 
 class WireNumber(Decimal):
@@ -27,22 +45,98 @@ class WireNumber(Decimal):
         return obj
 
 
+def _parse_float(text: str) -> WireNumber:
+    number = WireNumber(text)
+    if not number.is_finite() or abs(number.adjusted()) > MAX_EXPONENT:
+        raise ContractError(f"number {text[:20]!r} is out of range")
+    return number
+
+
 def _parse_int(text: str) -> int | WireNumber:
     # Plain integers stay ints (their text is their str); anything with a
     # leading zero or sign quirk keeps its spelling.
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ContractError(f"integer of {len(text)} digits is out of range")
     value = int(text)
     return value if str(value) == text else WireNumber(text)
 
 
-def loads(body: bytes | str) -> Any:
-    """Parse JSON, numbers as ``int`` or ``WireNumber``.
+def _refuse_constant(name: str) -> Any:
+    raise ContractError(f"{name} is not a number the contract carries")
 
-    Raises ContractError on text that is not JSON.
-    """
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ContractError(f"duplicate key {_shown(key)}")
+            seen.add(key)
+    return out
+
+
+def _shown(text: str) -> str:
+    return repr("".join(c if c.isprintable() and c.isascii() else "?" for c in text[:32]))
+
+
+def _check_tree(value: Any) -> None:
+    """Depth and string checks over a parsed value, without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise ContractError(f"nested more than {MAX_DEPTH} levels deep")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    _check_text(key)
+                if isinstance(child, str | dict | list):
+                    stack.append((child, depth + 1))
+
+
+def _check_text(text: str) -> None:
     try:
-        return json.loads(body, parse_float=WireNumber, parse_int=_parse_int)
-    except (ValueError, InvalidOperation, RecursionError) as exc:
-        raise ContractError(f"body is not valid JSON: {exc}") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ContractError(f"string holds a lone surrogate at {exc.start}") from None
+
+
+def loads(body: bytes | bytearray | str) -> Any:
+    """Parse JSON received from outside (see the module docstring): numbers as
+    ``int`` or ``WireNumber``. Raises ContractError, and only that."""
+    if isinstance(body, bytes | bytearray):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ContractError(f"body is not UTF-8 (byte {exc.start})") from None
+    elif isinstance(body, str):
+        text = body
+    else:
+        raise ContractError(f"body is {type(body).__name__}, not JSON text")
+    if text.startswith("\ufeff"):
+        raise ContractError("body starts with a byte order mark")
+    try:
+        value = json.loads(
+            text,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_object,
+        )
+    except ContractError:
+        raise
+    except RecursionError:
+        raise ContractError(
+            f"body is not valid JSON: nested more than {MAX_DEPTH} levels deep"
+        ) from None
+    except (ValueError, InvalidOperation) as exc:
+        raise ContractError(f"body is not valid JSON: {str(exc)[:120]}") from None
+    _check_tree(value)
+    return value
 
 
 def number_text(value: Decimal | int) -> str:

@@ -70,10 +70,15 @@ class ReaderState(enum.StrEnum):
 
 
 def mask_pan(pan: str) -> str:
-    """First 6 and last 4 digits, the rest as ``*`` (PCI DSS 3.4.1)."""
-    if len(pan) < 13:
-        return "*" * len(pan)
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+    """At most the first 6 and last 4 digits, the rest as ``*`` (PCI DSS
+    3.4.1), and always at least 6 hidden, so a short PAN (ISO/IEC 7812 allows
+    12-19 digits) shows fewer: 12 digits keep their first 2 and last 4.
+    The same rule as ``cloud.redact.mask_pan`` (drivers import nothing of
+    cloud; tests/cloud/test_redact.py holds the two together)."""
+    shown = max(0, len(pan) - 6)
+    last = min(4, shown)
+    first = min(6, shown - last)
+    return pan[:first] + "*" * (len(pan) - first - last) + (pan[len(pan) - last :] if last else "")
 
 
 @dataclass(frozen=True, slots=True)

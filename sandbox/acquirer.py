@@ -51,6 +51,8 @@ import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 
+from cloud import redact
+
 DECLINING_PAN = "4000000000000002"
 APPROVING_PANS = ("4761739001010010", "5413330089010434")
 SLOW_APPROVAL_S = 3.0
@@ -186,5 +188,5 @@ def pan_from_track2(track2: str) -> str | None:
 
 
 def mask_pan(pan: str) -> str:
-    """First 6, last 4, ``*`` between (PCI DSS 3.4.1)."""
-    return pan[:6] + "*" * max(3, len(pan) - 10) + pan[-4:]
+    """At most the first 6 and last 4 digits (PCI DSS 3.4.1): ``cloud.redact.mask_pan``."""
+    return redact.mask_pan(pan)

@@ -116,7 +116,13 @@ def open_card(req: BankcardCreate, gateway_private_key: str) -> Instrument:
         pan = acquirer.pan_from_track2(track2) if isinstance(track2, str) else None
     if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
         raise ContractError("card data holds no valid PAN (pan or track2)", "$.card_cipher")
-    if req.masked_pan[:6] != pan[:6] or req.masked_pan[-4:] != pan[-4:]:
+    shown_first = req.masked_pan[: len(req.masked_pan) - len(req.masked_pan.lstrip("0123456789"))]
+    shown_last = req.masked_pan[len(req.masked_pan.rstrip("0123456789")) :]
+    if (
+        len(req.masked_pan) != len(pan)
+        or not pan.startswith(shown_first)
+        or not pan.endswith(shown_last)
+    ):
         raise ContractError("masked_pan does not match the card", "$.masked_pan")
     method = acquirer.card_method(pan, req.card_brand)
     return Instrument("card", method, acquirer.mask_pan(pan), pan=pan)

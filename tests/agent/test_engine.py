@@ -15,6 +15,7 @@ import pytest
 from agent import engine as engine_module
 from agent.engine import Engine, EngineSettings, ScreenView
 from agent.journal import Journal, JournalError, Phase
+from agent.reject_reports import RejectReports
 from agent.states import State
 from cloud import envelope
 from cloud import messages as m
@@ -79,7 +80,9 @@ def _settings(**over: float) -> EngineSettings:
     )
 
 
-async def _make(path: Path, gateway: SimGateway, **over: float) -> Rig:
+async def _make(
+    path: Path, gateway: SimGateway, *, reject_reports: RejectReports | None = None, **over: float
+) -> Rig:
     journal = Journal(path)
     nfc, msr, scanner = (
         SimReader("nfc", "pn532"),
@@ -95,6 +98,7 @@ async def _make(path: Path, gateway: SimGateway, **over: float) -> Rig:
         on_screen=lambda v: screens.append(
             ScreenView(v.screen, v.order, v.progress, v.card, v.result, v.message, v.queue)
         ),
+        reject_reports=reject_reports,
     )
     sink = EventSink()
     engine.set_event_publisher(sink.publish)

@@ -32,7 +32,7 @@ from agent import mqtt_link
 from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.mqtt_link import ConnectionState, LinkDown, MqttLink
-from cloud.messages import Screen, TerminalStatus
+from cloud.messages import MAX_PUSH_BYTES, Screen, TerminalStatus
 from sandbox.broker import MosquittoBroker, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -308,6 +308,27 @@ async def test_on_push_raising_is_not_acked_and_is_redelivered(broker: Mosquitto
             assert term.pushes == [b"p1", b"p1"]
             assert any("push handler failed (OSError)" in r for _, r in term.states)
         # The second delivery was acknowledged: nothing comes back next time.
+        async with terminal(broker.url) as again:
+            await tms.publish(ORDERS, b"marker")
+            await wait_until(lambda: bool(again.pushes))
+            assert again.pushes == [b"marker"]
+
+
+async def test_broker_drops_a_push_over_the_announced_packet_size(
+    broker: MosquittoBroker,
+) -> None:
+    """Under MQTT 5 the link announces a Maximum Packet Size: Mosquitto 2.0
+    discards a bigger QoS 1 message for this client (the publisher still gets
+    its PUBACK), never delivers it, and does not queue it for a redelivery -
+    the next push arrives, and a reconnect brings nothing back."""
+    big = b"x" * (MAX_PUSH_BYTES + 2048)
+    with peer(broker.host, broker.port) as tms:
+        async with terminal(broker.url) as term:
+            assert term.link.protocol == "5"
+            await tms.publish(ORDERS, big)
+            await tms.publish(ORDERS, b"next")
+            await wait_until(lambda: bool(term.pushes))
+            assert term.pushes == [b"next"]
         async with terminal(broker.url) as again:
             await tms.publish(ORDERS, b"marker")
             await wait_until(lambda: bool(again.pushes))

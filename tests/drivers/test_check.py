@@ -167,7 +167,7 @@ async def test_sadad_agent_readers_subprocess(tmp_path: Path) -> None:
     assert agent.returncode == 0, text
     assert "present a card or code to each reader (qr, swipe)" in text
     assert "Alipay 2865**********1234" in text
-    assert "Amex 374245*****0124 magstripe" in text
+    assert "Amex 37424******0124 magstripe" in text  # 15 digits: 6 hidden, 5 + 4 shown
     assert "Honeywell-style scanner" in text
     for secret in ("374245000000124", SIM_CODES["alipay"], "2706101"):
         assert secret not in text
