@@ -38,7 +38,7 @@ DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 300.0
 
 _REQUIRED = ("gateway_url", "app_id", "merchant_no", "private_key_file", "gateway_public_key_file")
-_OPTIONAL = ("default_currency", "notify_url", "timeout", "store_no")
+_OPTIONAL = ("default_currency", "notify_url", "timeout", "store_no", "order_store")
 _ALLOWED_KEYS = ", ".join(_REQUIRED + _OPTIONAL)
 
 
@@ -60,6 +60,9 @@ class PosConfig:
     notify_url: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     store_no: str | None = None
+    # A SQLite file of the orders this POS created (``cloud.order_store``):
+    # shared by every instance of the POS server; None keeps them in memory.
+    order_store: Path | None = None
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -189,6 +192,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PosConfig:
     store_no = _string(where, raw, "store_no") if "store_no" in raw else None
 
     base = file.parent
+    order_store = None
+    if "order_store" in raw:
+        order_store = Path(_string(where, raw, "order_store")).expanduser()
+        if not order_store.is_absolute():
+            order_store = (base / order_store).absolute()
     private_pem = _key_file(where, base, raw, "private_key_file")
     public_pem = _key_file(where, base, raw, "gateway_public_key_file")
     try:
@@ -214,5 +222,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PosConfig:
         notify_url=notify_url,
         timeout=timeout,
         store_no=store_no,
+        order_store=order_store,
         source=file.resolve(),
     )

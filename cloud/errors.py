@@ -130,3 +130,11 @@ class TerminalBusy(WaitTimeout):
     ) -> None:
         super().__init__(merchant_order_no, waited_s, last, why)
         self.position = position
+
+
+class NotOurOrder(ContractError):
+    """A genuine, gateway-signed notification or query answer that is not about
+    the order it would settle: another merchant's or app's, another
+    ``trans_no`` than the create returned, another amount or currency, or an
+    order this POS has no record of (docs/protocol.md part B). A webhook
+    answers it HTTP 400; it never becomes the order's result."""

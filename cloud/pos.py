@@ -27,8 +27,20 @@ Retries (only what is safe): ``order.query`` (bounded, with backoff), and
 repeat of a ``merchant_order_no`` with the same fields with its first answer.
 ``wisehub.cloud.pay.close`` is never retried.
 
-Per-order state: every ``OrderInfo`` seen (query answers and verified
-notifications) updates the order's state. The first final status (1, 2, 3)
+Binding (docs/protocol.md part B): the gateway signs every merchant's
+notifications with one key, so a notification or query answer counts for an
+order only when it names this client's ``merchant_no`` and ``app_id``, the
+``trans_no`` the create returned for that ``merchant_order_no``, and the
+order's amount and currency (``cloud.order_store.check``). The expectation
+is recorded by ``push_order`` in an order store - in memory, or the SQLite
+file ``config.order_store`` that every instance of a POS server shares - or
+handed in by the caller (``expected=``). ``accept_notification`` refuses
+anything else with ``NotOurOrder`` (HTTP 400 for a webhook), an order it has
+no record of included; a query answer about another order is no answer
+(``CloudUnavailable``) and is never recorded.
+
+Per-order state: every ``OrderInfo`` seen (bound query answers and verified,
+bound notifications) updates the order's state. The first final status (1, 2, 3)
 is kept for good: a later non-final or different final status never
 replaces it (a different final one is logged as an error) except a paid
 order voided or reversed afterwards (2 then 3, ``REVERSAL``), and a non-final
@@ -64,6 +76,7 @@ from cloud.errors import (
     CloudRejected,
     CloudUnavailable,
     ContractError,
+    NotOurOrder,
     TerminalBusy,
     WaitTimeout,
 )
@@ -80,6 +93,13 @@ from cloud.messages import (
     TerminalInfo,
     TerminalQuery,
     decode,
+)
+from cloud.order_store import (
+    ExpectedOrder,
+    MemoryOrderStore,
+    OrderStore,
+    SqliteOrderStore,
+    check,
 )
 from cloud.status_rules import REVERSAL, TRANS_STATUS, Verdict
 from cloud.timeline import parse_timeline, why_pending
@@ -115,7 +135,9 @@ class AsyncPosClient:
     by default one is made with ``config.timeout`` (and ``transport``, if
     given: an ``httpx.AsyncBaseTransport`` such as a MockTransport). ``poll`` and ``retry``
     are the backoff schedules, ``rng`` their jitter source, ``clock`` the
-    time source and sleep (tests inject fakes).
+    time source and sleep (tests inject fakes). ``order_store`` holds what
+    each created order must look like (default: ``config.order_store``'s
+    SQLite file if set, else memory).
     """
 
     def __init__(
@@ -130,6 +152,7 @@ class AsyncPosClient:
         clock: Clock | None = None,
         create_attempts: int = CREATE_ATTEMPTS,
         query_attempts: int = QUERY_ATTEMPTS,
+        order_store: OrderStore | None = None,
     ) -> None:
         if create_attempts < 1 or query_attempts < 1:
             raise ValueError("attempts must be >= 1")
@@ -147,6 +170,13 @@ class AsyncPosClient:
         self._create_attempts = create_attempts
         self._query_attempts = query_attempts
         self._orders: OrderedDict[str, _OrderState] = OrderedDict()
+        if order_store is None:
+            order_store = (
+                MemoryOrderStore()
+                if config.order_store is None
+                else SqliteOrderStore(config.order_store)
+            )
+        self.order_store = order_store
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     async def __aenter__(self) -> Self:
@@ -317,10 +347,31 @@ class AsyncPosClient:
         result = await self._with_retries(
             self._create_attempts, once, f"create {order.merchant_order_no}"
         )
+        self.order_store.remember(
+            ExpectedOrder(
+                merchant_order_no=order.merchant_order_no,
+                trans_no=result.trans_no,
+                order_amount=order.order_amount,
+                price_currency=order.price_currency,
+            )
+        )
         state = self._state(order.merchant_order_no)
         state.terminal_sn = order.terminal_sn
         state.trans_no = result.trans_no
         return result
+
+    def _bind(self, info: OrderInfo, expected: ExpectedOrder | None = None) -> None:
+        """Raises NotOurOrder unless ``info`` is about the expected order (the
+        one given, else the store's; with none, only the merchant and app)."""
+        expected = expected or self.order_store.expected(info.merchant_order_no)
+        if expected is None:
+            raise NotOurOrder(
+                f"no record of order {info.merchant_order_no!r} (trans_no {info.trans_no}): "
+                "a result cannot be bound to it; create orders through this client or "
+                "share its order store",
+                "$.merchant_order_no",
+            )
+        check(info, expected, merchant_no=self.config.merchant_no, app_id=self.config.app_id)
 
     async def _query_once(
         self, merchant_order_no: str | None = None, trans_no: str | None = None
@@ -336,6 +387,24 @@ class AsyncPosClient:
         info = await self._send(
             Method.ORDER_QUERY, self._body(Method.ORDER_QUERY, query), OrderInfo
         )
+        asked = (merchant_order_no is None or info.merchant_order_no == merchant_order_no) and (
+            trans_no is None or info.trans_no == trans_no
+        )
+        try:
+            if not asked:
+                raise NotOurOrder(
+                    f"asked for {merchant_order_no or trans_no}, answered "
+                    f"{info.merchant_order_no} ({info.trans_no})"
+                )
+            expected = self.order_store.expected(info.merchant_order_no)
+            if expected is None:  # not created here: the merchant and app at least
+                expected = ExpectedOrder(
+                    info.merchant_order_no, info.trans_no, info.order_amount, info.price_currency
+                )
+            self._bind(info, expected)
+        except NotOurOrder as exc:
+            log.error("order.query answer ignored: %s", exc)
+            raise CloudUnavailable(f"order.query: answer is not for this order: {exc}") from exc
         self._observe(info, "order.query")
         return info
 
@@ -504,7 +573,8 @@ class AsyncPosClient:
     # ------------------------------------------------------------ part B
 
     def verify_notification(self, body: bytes | str) -> Notification:
-        """Verify a result notification without recording it.
+        """Verify a result notification's signature, without binding or
+        recording it (``accept_notification`` does both).
 
         Raises SignatureError (missing, blank or wrong ``sign``), ContractError.
         """
@@ -512,17 +582,27 @@ class AsyncPosClient:
             body.encode("utf-8") if isinstance(body, str) else body, self.config.verify_key
         )
 
-    def accept_notification(self, body: bytes | str) -> tuple[Notification, bool]:
-        """Verify, deduplicate and record a result notification (part B).
+    def accept_notification(
+        self, body: bytes | str, expected: ExpectedOrder | None = None
+    ) -> tuple[Notification, bool]:
+        """Verify, bind, deduplicate and record a result notification (part B).
 
         For a POS server's webhook: answer 200 ``success`` when this
-        returns (new or duplicate), 400 when it raises. ``is_new`` is False
-        for a repeat of the same ``trans_no`` + ``trans_status``. Recording
-        it wakes ``wait_for_final`` for that order. Not thread-safe: call it
-        on the client's event loop (``PosClient`` does that for you).
-        Raises SignatureError, ContractError.
+        returns (new or duplicate), 400 when it raises. It must be about an
+        order this POS created, as ``expected`` (when the caller keeps its
+        orders itself) or the order store says: its merchant, app,
+        ``trans_no``, amount and currency. ``is_new`` is False for a repeat of
+        the same ``trans_no`` + ``trans_status``. Recording it wakes
+        ``wait_for_final`` for that order. Not thread-safe: call it on the
+        client's event loop (``PosClient`` does that for you).
+        Raises SignatureError, NotOurOrder, ContractError.
         """
         note = self.verify_notification(body)
+        try:
+            self._bind(note, expected)
+        except NotOurOrder as exc:
+            log.error("notification %s refused: %s", note.notify_id, exc)
+            raise
         key = (note.trans_no, int(note.trans_status))
         if key in self._seen:
             self._seen.move_to_end(key)
@@ -661,11 +741,13 @@ class PosClient:
         """See ``AsyncPosClient.verify_notification``."""
         return self._async.verify_notification(body)
 
-    def accept_notification(self, body: bytes | str) -> tuple[Notification, bool]:
+    def accept_notification(
+        self, body: bytes | str, expected: ExpectedOrder | None = None
+    ) -> tuple[Notification, bool]:
         """See ``AsyncPosClient.accept_notification``; safe from any thread."""
 
         async def accept() -> tuple[Notification, bool]:
-            return self._async.accept_notification(body)
+            return self._async.accept_notification(body, expected)
 
         return self._run(accept())
 

@@ -341,7 +341,8 @@ class Faults:
             return
         key = self._gw.keys.gateway_private
         final = decode(wirejson.loads(info_text), OrderInfo)
-        stale = replace(order, trans_status=TransStatus.PROCESSING).to_info()
+        app_id = self._gw.store.merchant_app_id(order.merchant_no)
+        stale = replace(order, trans_status=TransStatus.PROCESSING).to_info(app_id=app_id)
         bodies = (
             ("an older one (status 0)", stale, uuid.uuid4().hex, order.created_ms),
             ("the final one again", final, notify_id, envelope.now_ms()),

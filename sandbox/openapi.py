@@ -271,7 +271,7 @@ async def order_query(gw: Gateway, merchant: Merchant, fields: dict[str, Any]) -
     order = _order_of(gw, merchant, merchant_order_no=req.merchant_order_no, trans_no=req.trans_no)
     online, state, _ = _terminal_state(gw, order.terminal_sn)
     info = msgspec.structs.replace(
-        order.to_info(timeline_text(gw.store, order.trans_no)),
+        order.to_info(timeline_text(gw.store, order.trans_no), app_id=merchant.app_id),
         terminal_online_status=online,
         terminal_state=state,
     )

@@ -46,6 +46,7 @@ STATE_BROKER_PORT = "broker_port"
 DEFAULT_HTTP_URL = "http://127.0.0.1:8080"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 MQTT_KEEPALIVE = 30
+ORDER_STORE = "pos-orders.db"  # beside pos.toml: the orders sadad-pos created
 
 _SN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _READER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -70,6 +71,8 @@ def write_pos_config(layout: Layout, gateway_url: str) -> Path:
     if path.exists():
         doc = tomlkit.parse(path.read_text("utf-8"))
         doc["gateway_url"] = gateway_url
+        if "order_store" not in doc:  # written by an older sandbox
+            doc.add("order_store", ORDER_STORE)
     else:
         doc = tomlkit.document()
         doc.add(tomlkit.comment("sadad-pos configuration for the local sandbox."))
@@ -86,6 +89,12 @@ def write_pos_config(layout: Layout, gateway_url: str) -> Path:
         )
         doc.add("gateway_public_key_file", "keys/gateway_public.pem")
         doc.add("default_currency", DEFAULT_CURRENCY)
+        doc.add(
+            "order_store",
+            tomlkit.item(ORDER_STORE).comment(
+                "orders this POS created, shared by sadad-pos push and listen"
+            ),
+        )
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_text(tomlkit.dumps(doc), "utf-8")
     tmp.replace(path)

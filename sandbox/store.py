@@ -299,9 +299,11 @@ class Order:
     def is_final(self) -> bool:
         return self.trans_status in FINAL
 
-    def to_info(self, timeline: str | None = None) -> OrderInfo:
+    def to_info(self, timeline: str | None = None, *, app_id: str | None = None) -> OrderInfo:
         """The ``order.query`` result (part A); payment fields only when paid,
-        error fields only when failed or cancelled."""
+        error fields only when failed or cancelled. It names the merchant and
+        the POS app (``app_id``) whose order it is (part B): the receiver binds
+        it to its own order by them."""
         paid = self.trans_status is S.COMPLETED
         failed = self.trans_status in (S.CLOSED, S.CANCELLED)
         return OrderInfo(
@@ -313,6 +315,8 @@ class Order:
             order_amount=self.order_amount,
             trans_amount=self.trans_amount,
             terminal_sn=self.terminal_sn,
+            merchant_no=self.merchant_no,
+            app_id=app_id,
             tip_amount=self.tip_amount,
             attach=self.attach,
             store_no=self.store_no,
@@ -759,7 +763,8 @@ class Store:
 
     def _queue_notification(self, order: Order, now: int) -> None:
         assert order.notify_url
-        info = wirejson.dumps(to_fields(order.to_info()))
+        app_id = self.merchant_app_id(order.merchant_no)
+        info = wirejson.dumps(to_fields(order.to_info(app_id=app_id)))
         self._db.execute(
             "INSERT OR IGNORE INTO notifications (trans_no, trans_status, notify_url, notify_id, "
             "info, state, next_at_ms, created_ms) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",

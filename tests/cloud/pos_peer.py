@@ -42,6 +42,7 @@ from cloud.messages import (
     decode,
     to_fields,
 )
+from cloud.order_store import ExpectedOrder
 from cloud.pos import AsyncPosClient
 from cloud.signing import generate_key_pem
 
@@ -152,8 +153,9 @@ class GatewayPeer:
         **extra: Any,
     ) -> OrderInfo:
         """An OrderInfo for an order (whether or not it was created here)."""
+        known = self.orders.get(merchant_order_no)
         values: dict[str, Any] = {
-            "trans_no": f"TN-{merchant_order_no}",
+            "trans_no": known.result.trans_no if known else f"TN-{merchant_order_no}",
             "trans_type": 1,
             "trans_status": int(status),
             "merchant_order_no": merchant_order_no,
@@ -161,10 +163,19 @@ class GatewayPeer:
             "order_amount": Decimal("12.50"),
             "trans_amount": Decimal("12.50"),
             "terminal_sn": "T0001",
+            "merchant_no": MERCHANT,
+            "app_id": APP_ID,
         }
         values.update(_STATUS_FIELDS.get(status, {}))
         values.update(extra)
         return decode(values, OrderInfo)
+
+    def expected(self, merchant_order_no: str = "A-1") -> ExpectedOrder:
+        """What a POS that created ``merchant_order_no`` (as ``info`` makes it) expects."""
+        info = self.info(merchant_order_no)
+        return ExpectedOrder(
+            info.merchant_order_no, info.trans_no, info.order_amount, info.price_currency
+        )
 
     def notification(
         self, info: OrderInfo, *, notify_id: str | None = None, key: str = GW_PRIVATE

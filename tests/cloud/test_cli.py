@@ -22,6 +22,7 @@ from cloud import cli, wirejson
 from cloud.backoff import Backoff
 from cloud.config import PosConfig
 from cloud.messages import Method, OnlineStatus, TransStatus
+from cloud.order_store import SqliteOrderStore
 from cloud.pos import AsyncPosClient
 from tests.cloud.pos_peer import OTHER_PRIVATE, GatewayPeer, write_config
 
@@ -369,8 +370,13 @@ def test_query_unknown_exit_4(run: Runner) -> None:
 # ---------------------------------------------------------------- listen (a real process)
 
 
-def test_listen_process(config_file: Path) -> None:
+def test_listen_process(tmp_path: Path) -> None:
+    """``sadad-pos listen`` as its own process: it binds a notification to an
+    order created by another process (``push``) through the shared order
+    store, and answers 400 to a forged one and to another merchant's."""
+    config_file = write_config(tmp_path, order_store="orders.db")
     peer = GatewayPeer()
+    SqliteOrderStore(tmp_path / "orders.db").remember(peer.expected("L-1"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [
@@ -399,11 +405,15 @@ def test_listen_process(config_file: Path) -> None:
         url = match.group(1)
         good = peer.notification(peer.info("L-1", TransStatus.COMPLETED), notify_id="N-L1")
         forged = peer.notification(peer.info("L-2", TransStatus.COMPLETED), key=OTHER_PRIVATE)
+        theirs = peer.notification(peer.info("L-1", TransStatus.COMPLETED, merchant_no="M0002"))
         with httpx.Client() as http:
             first = http.post(url, content=good)
             assert (first.status_code, first.text) == (200, "success")
             assert (http.post(url, content=good).text) == "success"  # duplicate: still 200
             assert http.post(url, content=forged).status_code == 400
+            other = http.post(url, content=theirs)
+            assert other.status_code == 400
+            assert "names merchant_no 'M0002', not 'M0001'" in other.text
             line = json.loads(proc.stdout.readline())
             assert line["merchant_order_no"] == "L-1"
             assert line["notify_id"] == "N-L1"
@@ -459,8 +469,13 @@ def _timeline(*events: tuple[str, str | None, dict[str, int]]) -> str:
 
 def test_push_wait_on_a_busy_terminal_says_so(run: Runner, peer: GatewayPeer) -> None:
     busy = _timeline(("received", None, {}), ("busy", "queue position 1", {}))
-    for order_no, json_mode in (("B-1", ()), ("B-2", ("--json",))):
-        info = peer.info(order_no, terminal_timeline=busy, terminal_online_status="ONLINE")
+    for n, (order_no, json_mode) in enumerate((("B-1", ()), ("B-2", ("--json",))), 1):
+        info = peer.info(
+            order_no,
+            trans_no=f"TN{n:06d}",  # what the push is about to create
+            terminal_timeline=busy,
+            terminal_online_status="ONLINE",
+        )
         peer.query_script = [info] * 50
         code, out, err = run(
             *PUSH, "--order-no", order_no, "--wait", "--timeout", "1.5", *json_mode

@@ -250,6 +250,7 @@ async def test_close_after_payment_rejected(peer: GatewayPeer, clock: FakeClock)
 async def test_wait_returns_at_once_when_already_notified(peer: GatewayPeer) -> None:
     clock = FakeClock(autojump=False)
     async with client_for(peer, clock) as client:
+        client.order_store.remember(peer.expected("A-1"))  # created by another instance
         client.accept_notification(peer.notification(peer.info("A-1", TransStatus.COMPLETED)))
         info = await client.wait_for_final("A-1", 60)
     assert info.trans_status == TransStatus.COMPLETED
@@ -286,6 +287,7 @@ async def test_notification_wins_over_a_slow_query(peer: GatewayPeer, clock: Fak
 
     client = AsyncPosClient(make_config(), transport=httpx.MockTransport(slow), clock=clock)
     async with client:
+        client.order_store.remember(peer.expected("A-1"))
         waiting = asyncio.create_task(client.wait_for_final("A-1", 60))
         await asyncio.wait_for(started.wait(), 1)
         client.accept_notification(peer.notification(peer.info("A-1", TransStatus.CANCELLED)))
@@ -372,6 +374,7 @@ async def test_final_status_never_regresses(
     peer: GatewayPeer, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with client_for(peer, clock) as client:
+        client.order_store.remember(peer.expected("A-1"))
         client.accept_notification(peer.notification(peer.info("A-1", TransStatus.COMPLETED)))
         peer.query_script.append(peer.info("A-1", TransStatus.PROCESSING))
         answer = await client.query_order("A-1")
@@ -392,6 +395,7 @@ async def test_final_status_never_regresses(
 
 async def test_accept_notification_dedupes(peer: GatewayPeer, clock: FakeClock) -> None:
     async with client_for(peer, clock) as client:
+        client.order_store.remember(peer.expected("A-1"))
         paid = peer.info("A-1", TransStatus.PROCESSING)
         first, new1 = client.accept_notification(peer.notification(paid, notify_id="N1"))
         again, new2 = client.accept_notification(peer.notification(paid, notify_id="N2"))

@@ -90,7 +90,8 @@ def msg(path: Path, rest: str) -> str:
             lambda t: t + 'colour = "blue"\n',
             "colour",
             "colour: unknown key (allowed: gateway_url, app_id, merchant_no, private_key_file, "
-            "gateway_public_key_file, default_currency, notify_url, timeout, store_no)",
+            "gateway_public_key_file, default_currency, notify_url, timeout, store_no, "
+            "order_store)",
         ),
         (
             lambda t: t.replace('"http://127.0.0.1:8080"', '"127.0.0.1:8080"'),

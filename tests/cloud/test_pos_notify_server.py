@@ -27,6 +27,7 @@ async def test_receiver_accepts_verifies_and_wakes(peer: GatewayPeer) -> None:
     ):
         assert server.url.startswith("http://127.0.0.1:")
         assert server.url.endswith("/notify")
+        client.order_store.remember(peer.expected("A-1"))
         waiting = asyncio.create_task(client.wait_for_final("A-1", 60))
         body = peer.notification(peer.info("A-1", TransStatus.COMPLETED))
         answer = await http.post(server.url, content=body)

@@ -41,6 +41,7 @@ def streams(draw: st.DrawFn) -> list[tuple[str, TransStatus, int]]:
 async def _play(stream: list[tuple[str, TransStatus, int]]) -> tuple[OrderInfo | None, OrderInfo]:
     peer = GatewayPeer()
     async with peer.client(clock=FakeClock(), rng=random.Random(0)) as client:
+        client.order_store.remember(peer.expected("A-1"))
         for kind, status, n in stream:
             if kind == "notify":
                 client.accept_notification(NOTES[(status, n)])

@@ -20,8 +20,9 @@ import pytest
 
 from cloud import cli
 from cloud.config import load_config
-from cloud.errors import CloudRejected
+from cloud.errors import CloudRejected, NotOurOrder
 from cloud.messages import CashierResult, Method, OrderInfo, TransStatus
+from cloud.order_store import ExpectedOrder
 from cloud.pos import PosClient
 from tests.integration.conftest import REPO, NotifyReceiver, SandboxHandle, wait_until
 
@@ -214,3 +215,38 @@ def test_repeated_create_returns_first_answer(sandbox: SandboxHandle) -> None:
 @pytest.fixture
 def config_args(sandbox: SandboxHandle) -> list[str]:
     return ["--config", str(sandbox.pos_config)]
+
+
+def test_results_name_the_merchant_and_app_and_bind_across_instances(
+    sandbox: SandboxHandle, notify_receiver: NotifyReceiver
+) -> None:
+    """Part B against the real gateway: query answers and notifications name
+    the merchant and the POS app; an instance that did not create the order
+    takes the notification through the shared order store (the sandbox's
+    pos.toml names one), and refuses the same notification for another order."""
+    sandbox.provision(SN)
+    number = order_no()
+    config = load_config(sandbox.pos_config)
+    assert config.order_store is not None
+    with PosClient(config) as creator, PosClient(config) as webhook:
+        created = creator.push_order(
+            terminal_sn=SN,
+            merchant_order_no=number,
+            order_amount=Decimal("9.00"),
+            notify_url=notify_receiver.url,
+        )
+        info = creator.query_order(number)
+        assert (info.merchant_no, info.app_id) == (config.merchant_no, config.app_id)
+        pay(sandbox, find_order(sandbox, number))
+        (delivery,) = notify_receiver.wait_for(1, timeout=20)
+        note, new = webhook.accept_notification(delivery.body)
+        assert new
+        assert (note.merchant_no, note.app_id, note.trans_no) == (
+            config.merchant_no,
+            config.app_id,
+            created.trans_no,
+        )
+        assert webhook.wait_for_final(number, 5).trans_status is TransStatus.COMPLETED
+        other = ExpectedOrder(number, created.trans_no, Decimal("900.00"), "QAR")
+        with pytest.raises(NotOurOrder, match="order_amount"):
+            webhook.accept_notification(delivery.body, other)

@@ -48,6 +48,7 @@ def test_pos_config_keeps_edits_and_updates_the_url(tmp_path: Path) -> None:
         "private_key_file": "keys/pos_private.pem",
         "gateway_public_key_file": "keys/gateway_public.pem",
         "default_currency": "KWD",
+        "order_store": "pos-orders.db",
     }
     assert "# mine" in path.read_text()
 
