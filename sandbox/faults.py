@@ -25,7 +25,11 @@ so a running sandbox follows a change at once):
 - ``notify-twice`` (``.96``): after the final notification is delivered, an
   older one (status 0) and then the final one again (same ``notify_id``);
 - ``ack-lost`` (``.97``): the terminal's ``received`` event is dropped and
-  the push delivered again (same ``message_id``) 0.5 s and 2 s later.
+  the push delivered again (same ``message_id``) 0.5 s and 2 s later;
+- ``stale-answers`` (per terminal only, for S s; default until cleared):
+  the terminal's cashier answers are stamped 16 minutes in the past - what
+  an answer held back by someone in the middle looks like when it arrives;
+  the terminal must take none of them as an answer (docs/protocol.md part D).
 
 A repeated create (same ``merchant_order_no`` and fields) is answered at
 once with the first answer, as always: that is what a POS retry after
@@ -70,6 +74,7 @@ class Fault(enum.StrEnum):
     CREATE_500 = "create-500"
     NOTIFY_TWICE = "notify-twice"
     ACK_LOST = "ack-lost"
+    STALE_ANSWERS = "stale-answers"
 
 
 BY_CENTS: dict[int, Fault] = {
@@ -85,6 +90,7 @@ REDELIVER_AFTER_S = (0.5, 1.5)  # waits before each redelivery of an ack-lost pu
 RELEASE_POLL_S = 0.2
 NOTIFY_POLL_S = 0.1
 NOTIFY_TIMEOUT_S = 5.0
+STALE_ANSWER_MS = 16 * 60 * 1000  # past the 15-minute window of the envelope
 
 
 def order_fault(amount: Decimal) -> Fault | None:
@@ -115,8 +121,9 @@ class TerminalFault:
     since_ms: int
 
     def active(self, now_ms: int) -> bool:
-        # Only offline ends by itself; the others last until cleared.
-        if self.fault is not Fault.OFFLINE or self.seconds is None:
+        # Only offline and stale-answers end by themselves; the others last
+        # until cleared.
+        if self.fault not in (Fault.OFFLINE, Fault.STALE_ANSWERS) or self.seconds is None:
             return True
         return now_ms < self.since_ms + self.seconds * 1000
 
@@ -227,6 +234,10 @@ class Faults:
         return faults
 
     # ------------------------------------------------------------ creates (part A)
+
+    def answer_lag_ms(self, sn: str) -> int:
+        """How far in the past terminal ``sn``'s cashier answers are stamped."""
+        return STALE_ANSWER_MS if Fault.STALE_ANSWERS in self.terminal(sn) else 0
 
     def online(self, sn: str) -> bool:
         """Its retained status says online and no ``offline`` fault says otherwise."""

@@ -49,12 +49,13 @@ from cloud.messages import (
     TransType,
     decode,
 )
+from cloud.topics import orders_topic
 from sandbox.codes import Code
 from sandbox.faults import DEFAULT_LATE_S, Faults
 from sandbox.keys import Layout, SandboxKeys
 from sandbox.notifier import Notifier
 from sandbox.store import Order, Store
-from sandbox.tms import Tms, orders_topic
+from sandbox.tms import Tms
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +168,14 @@ class Gateway:
         return Reply(http_status, envelope.encode(body))
 
     def bind(self, terminal_sn: str, trans_no: str | None, request_no: str | None) -> AnswerBinding:
-        """What a cashier answer to this question names (part D), stamped now."""
+        """What a cashier answer to this question names (part D), stamped now
+        (or as long ago as the ``stale-answers`` fault says)."""
+        lag = self.faults.answer_lag_ms(terminal_sn)
         return AnswerBinding(
             trans_no=trans_no,
             terminal_sn=terminal_sn,
             request_no=request_no,
-            timestamp=envelope.timestamp(),
+            timestamp=envelope.timestamp(envelope.now_ms() - lag),
         )
 
     # ---------------------------------------------------------------- orders

@@ -4,8 +4,9 @@ A real proxy process (``tests.integration.mitm_proxy``) sits between two real
 agents and the real sandbox, holding no key: it replays a terminal's earlier
 genuine "completed" answer for a new sale that never reached the gateway,
 swaps answers between the two terminals, and holds an answer past the
-terminal's timeout; a sandbox fault stamps answers as one held past the
-15-minute window would arrive. Whatever it does, no order is journaled or
+terminal's timeout; a sandbox fault (``stale-answers``) stamps answers as one
+held past the 15-minute window would arrive (a test cannot wait 15 minutes;
+to the terminal the two are the same bytes). Whatever it does, no order is journaled or
 shown APPROVED that the gateway does not have as paid, and each ends in one
 final state that the POS, the journal, the checkout and the gateway's books
 agree on (``Terminal.settled``)."""
@@ -75,6 +76,13 @@ def _sale(term: Terminal) -> Order:
     return order
 
 
+def _fault(term: Terminal, *args: str) -> None:
+    """``sadad-sandbox fault --terminal SN *args``, as a POS developer runs it."""
+    cmd = [sys.executable, "-m", "sandbox.cli", "fault", "--data", str(term.sandbox.data_dir)]
+    done = subprocess.run([*cmd, "--terminal", term.sn, *args], cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+
+
 def _played(proxy: str) -> list[list[str]]:
     return list(httpx.get(f"{proxy}/_mitm").json()["log"])
 
@@ -117,6 +125,16 @@ def test_replayed_swapped_and_held_answers_never_make_an_unpaid_sale_approved(
         _trick(proxy, a, "hold", seconds=a.gateway_timeout + 1.5)
         held = _sale(a)
         assert a.settled(held).phase == "APPROVED"
+
+        # Held past the 15-minute window: while the fault lasts, A's answers
+        # arrive stamped 16 minutes ago, as one held that long would. None is
+        # an answer; once fresh ones come, detail learns the sale was paid.
+        a.wait_idle()
+        _fault(a, "stale-answers", "--seconds", "1.5")
+        stale = _sale(a)
+        assert a.settled(stale).phase == "APPROVED"
+        assert "min off this clock" in a.log_text()
+        assert len(a.charges(stale.trans_no)) == 1
 
         played = [what for _sn, _method, what in _played(proxy)]
         assert played == [
