@@ -1,15 +1,21 @@
-"""SadadTMS's MQTT link (PROTOCOL.md part C), on paho-mqtt 2.x.
+"""SadadTMS's MQTT link (docs/protocol.md part C), on paho-mqtt 2.x.
 
-- publishes pushes to ``sadad/v1/terminals/{sn}/orders`` at QoS 1 with the
-  MQTT 5 Message Expiry Interval;
+- speaks MQTT 5 where the broker offers it and MQTT 3.1.1 otherwise (a broker
+  that refuses protocol 5 in its CONNACK, as NATS does, gets a 3.1.1 client
+  with a persistent session from then on); topics are ``cloud.topics``;
+- publishes pushes to ``sadad/v1/terminals/{sn}/orders`` at QoS 1, with the
+  MQTT 5 Message Expiry Interval when it speaks 5 (under 3.1.1 the terminal
+  enforces ``expires_at`` from the payload alone);
 - subscribes to ``sadad/v1/terminals/+/status`` (retained) and
   ``sadad/v1/terminals/+/events`` and hands each message, with the SN taken
   from its topic, to a callback *on the asyncio loop* (paho's network thread
   never touches the sandbox's state);
-- keeps a persistent session (clean start off, session expiry 1 day) and
-  reconnects by itself when the broker restarts; it subscribes again on every
-  connect. Pushes published while disconnected are queued by paho and sent
-  on reconnect.
+- keeps a persistent session (clean start off, session expiry 1 day; clean
+  session off under 3.1.1) and reconnects by itself when the broker
+  restarts; it subscribes again on every connect. Pushes published while
+  disconnected are queued by paho and sent on reconnect (a push queued in
+  the first second, before a 3.1.1 broker refused protocol 5, is published
+  again by the fallback client).
 
 Raises ``ValueError`` for a broker URL that is not ``mqtt://host[:port]``.
 """
@@ -26,21 +32,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud.topics import every_terminal, orders_topic, sn_from_topic
+
+__all__ = ["Tms", "orders_topic", "parse_mqtt_url"]
+
 log = logging.getLogger(__name__)
 
-TOPIC_PREFIX = "sadad/v1/terminals"
 SESSION_EXPIRY_S = 24 * 3600
 KEEPALIVE_S = 30
+# CONNACK "Unsupported Protocol Version": 0x84 under MQTT 5, return code 1
+# under 3.1.1, which paho reports as the same reason.
+_UNSUPPORTED_PROTOCOL = 0x84
 
 Handler = Callable[[str, bytes], None]  # (terminal sn, payload)
-
-
-def orders_topic(sn: str) -> str:
-    return f"{TOPIC_PREFIX}/{sn}/orders"
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
@@ -49,14 +57,6 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
         raise ValueError(f"broker URL must look like mqtt://127.0.0.1:1883, not {url!r}")
     return parts.hostname, parts.port or 1883
-
-
-def sn_from_topic(topic: str, kind: str) -> str | None:
-    """The SN in ``sadad/v1/terminals/{sn}/{kind}``, or None for another topic."""
-    parts = topic.split("/")
-    if len(parts) == 5 and "/".join(parts[:3]) == TOPIC_PREFIX and parts[4] == kind and parts[3]:
-        return parts[3]
-    return None
 
 
 class Tms:
@@ -78,47 +78,87 @@ class Tms:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = threading.Event()
         self._stopping = False
-        self._client = mqtt.Client(
+        self._falling_back = False
+        self._lock = threading.Lock()  # guards _client and _unsent across the switch to 3.1.1
+        self.protocol = MQTTProtocolVersion.MQTTv5
+        self._client = self._new_client(self.protocol)
+        # (topic, payload, expiry) published before the first CONNACK: kept so
+        # that a fallback client can publish them again.
+        self._unsent: list[tuple[str, bytes, int | None]] | None = []
+
+    def _new_client(self, protocol: MQTTProtocolVersion) -> mqtt.Client:
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=protocol,
+            clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else False,
         )
-        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
-        self._client.max_queued_messages_set(0)
-        self._client.on_connect = self._handle_connect
-        self._client.on_disconnect = self._handle_disconnect
-        self._client.on_message = self._handle_message
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        return client
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Connect in the background (retrying until the broker answers)."""
         self._loop = loop
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self._client.connect_async(
-            self.host, self.port, keepalive=KEEPALIVE_S, clean_start=False, properties=props
-        )
-        self._client.loop_start()
+        self._connect(self._client)
+
+    def _connect(self, client: mqtt.Client) -> None:
+        if self.protocol == MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            client.connect_async(
+                self.host, self.port, keepalive=KEEPALIVE_S, clean_start=False, properties=props
+            )
+        else:
+            client.connect_async(self.host, self.port, keepalive=KEEPALIVE_S)
+        client.loop_start()
 
     def stop(self) -> None:
         self._stopping = True
-        self._client.disconnect()
-        self._client.loop_stop()
+        with self._lock:
+            client = self._client
+        client.disconnect()
+        client.loop_stop()
         self.connected.clear()
 
     # ---------------------------------------------------------------- publishing
 
     def publish(self, topic: str, payload: bytes, *, expiry_s: int | None) -> None:
         """Publish at QoS 1 (queued by paho while disconnected)."""
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if expiry_s is not None:
+        with self._lock:
+            client = self._client
+            if self._unsent is not None:
+                self._unsent.append((topic, payload, expiry_s))
+            v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+        props = None
+        if v5 and expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.MessageExpiryInterval = max(1, int(expiry_s))
-        info = self._client.publish(topic, payload, qos=1, properties=props)
+        info = client.publish(topic, payload, qos=1, properties=props)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.error("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
         elif info.rc == mqtt.MQTT_ERR_NO_CONN:
             log.warning("broker unreachable; push to %s queued until it reconnects", topic)
+
+    def _fall_back(self, refused: mqtt.Client) -> None:
+        """Replace a client the broker refused for protocol 5 with a 3.1.1 one
+        (in a thread of its own: paho's thread cannot stop itself)."""
+        refused.loop_stop()
+        with self._lock:
+            if self._stopping or self._client is not refused:
+                return
+            self.protocol = MQTTProtocolVersion.MQTTv311
+            self._client = client = self._new_client(self.protocol)
+            self._falling_back = False
+            unsent, self._unsent = self._unsent or [], []
+        self._connect(client)
+        for topic, payload, expiry_s in unsent:
+            self.publish(topic, payload, expiry_s=expiry_s)
 
     # ---------------------------------------------------------------- paho thread
 
@@ -131,16 +171,27 @@ class Tms:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
+            if reason_code.value == _UNSUPPORTED_PROTOCOL and self.protocol == (
+                MQTTProtocolVersion.MQTTv5
+            ):
+                log.info("broker %s refused MQTT 5: the TMS uses MQTT 3.1.1", self.url)
+                client.reconnect_delay_set(min_delay=60, max_delay=60)  # no retry race
+                with self._lock:
+                    self._falling_back = True
+                threading.Thread(target=self._fall_back, args=(client,), daemon=True).start()
+                return
             log.warning("broker %s refused the TMS: %s", self.url, reason_code)
             return
-        client.subscribe(
-            [(f"{TOPIC_PREFIX}/+/status", 1), (f"{TOPIC_PREFIX}/+/events", 1)],
-        )
+        client.subscribe([(every_terminal("status"), 1), (every_terminal("events"), 1)])
+        with self._lock:
+            if client is self._client:
+                self._unsent = None  # paho's own queue carries everything from here
         self.connected.set()
         log.info(
-            "TMS connected to %s as %s (session present: %s)",
+            "TMS connected to %s as %s (MQTT %s, session present: %s)",
             self.url,
             self.client_id,
+            "5" if self.protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
             flags.session_present,
         )
 
@@ -152,6 +203,10 @@ class Tms:
         reason_code: Any,
         properties: Properties | None,
     ) -> None:
+        with self._lock:
+            replaced = client is not self._client or self._falling_back
+        if replaced:  # refused for protocol 5: _fall_back takes over
+            return
         self.connected.clear()
         if self._stopping:
             log.info("TMS disconnected from %s", self.url)
