@@ -1,7 +1,7 @@
 """The UI bridge protocol: typed messages and a sans-I/O JSON-lines codec.
 
 Contract (DESIGN.md "Processes": the agent's Unix socket, state events out,
-cashier intents in; screen names from PROTOCOL.md part C). This module does
+cashier intents in; screen names from docs/protocol.md part C). This module does
 no I/O and imports neither asyncio nor anything else from ``agent/``: the UI
 (``ui/bridge_client.py``) and the CLI import it directly.
 

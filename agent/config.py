@@ -22,7 +22,7 @@ Contract:
   is missing, unreadable or does not parse (RSA keys through
   ``cloud.signing``, TLS files through ``ssl``), in the same format.
 * MQTT: ``mqtt://`` or ``mqtts://`` (TLS, port 8883 by default);
-  ``session_expiry`` at least 24 h (PROTOCOL.md part C: "session expiry at
+  ``session_expiry`` at least 24 h (docs/protocol.md part C: "session expiry at
   least 24 h"); ``protocol`` ``"5"`` (falls back to 3.1.1 when the broker
   refuses 5) or ``"3.1.1"``.
 * Readers: ``NAME = "KIND:PORT[;key=value...]"`` checked with
@@ -75,7 +75,7 @@ EXIT_CONFIG = 78  # EX_CONFIG, sysexits.h
 
 DEFAULT_JOURNAL = Path("/var/lib/sadad-agent/journal.db")
 DEFAULT_SOCKET = Path("/run/sadad-agent/agent.sock")
-MIN_SESSION_EXPIRY = 86_400  # PROTOCOL.md part C: at least 24 h
+MIN_SESSION_EXPIRY = 86_400  # docs/protocol.md part C: at least 24 h
 MAX_SESSION_EXPIRY = 0xFFFF_FFFF  # MQTT 5 Session Expiry Interval: "never expires"
 
 _SN = re.compile(r"[A-Za-z0-9_-]{1,32}")

@@ -1,7 +1,7 @@
 """``sadad-agent doctor``: one clear verdict per thing a terminal needs.
 
 Checks, in order: config, keys, clock (against the gateway's HTTP ``Date``;
-pushes older than 15 minutes are refused, PROTOCOL.md part C), broker
+pushes older than 15 minutes are refused, docs/protocol.md part C), broker
 (``mqtt_link.test_connection``: dns, tcp, tls, auth, subscribe), gateway (a
 signed ``cashier.trans.detail`` round trip), readers (probe only). Prints
 ``OK``/``FAIL``/``WARN`` lines and returns 1 if any check failed, 78 when the

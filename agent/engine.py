@@ -1,7 +1,7 @@
 """The transaction engine: from a journaled push to a final, reported outcome.
 
 It is the model of the state table in ``agent.states`` and holds every rule
-about money (DESIGN.md "Transaction engine", PROTOCOL.md parts C and D):
+about money (DESIGN.md "Transaction engine", docs/protocol.md parts C and D):
 
 * A push is verified and journaled, and ``handle_push`` returns (after which
   the MQTT link sends the PUBACK) only once it is on disk. Its commit is not

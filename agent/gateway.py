@@ -1,4 +1,4 @@
-"""The terminal's client of the cashier API (PROTOCOL.md part D) over
+"""The terminal's client of the cashier API (docs/protocol.md part D) over
 ``agent.http11`` (keep-alive HTTP/1.1 on h11).
 
 Each call is one signed request; this module does not retry and does not

@@ -217,7 +217,7 @@ class Http11Client:
                 # be charging the card, and a second POST must not follow.
                 # (A server that read it and then died without a byte looks
                 # the same; the resent body carries the same request_no,
-                # which the gateway answers with its first answer, PROTOCOL.md
+                # which the gateway answers with its first answer, docs/protocol.md
                 # part D.) Once only: a fresh connection is never stale, and
                 # connections closed while idle are dropped before use.
                 conn = await self._connect()

@@ -1,6 +1,6 @@
 """The journal: what the terminal must not lose, in SQLite.
 
-Contract (DESIGN.md "Transaction engine", PROTOCOL.md part C and D):
+Contract (DESIGN.md "Transaction engine", docs/protocol.md part C and D):
 
 * WAL with ``synchronous=FULL``: a method returns only once its rows are on
   disk, so the caller may then take the outside effect (PUBACK a push, send a

@@ -1,4 +1,4 @@
-"""The terminal's MQTT session with SadadTMS (PROTOCOL.md part C).
+"""The terminal's MQTT session with SadadTMS (docs/protocol.md part C).
 
 Contract:
 

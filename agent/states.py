@@ -18,7 +18,7 @@ second close, can never move a transaction backwards.
     final --done (after the result is shown)--> IDLE
 
 Timeouts: OFFERED and AWAITING_PAYMENT carry the order's own deadline
-(``expires_at``, PROTOCOL.md part C) and fire ``expire``; the final states
+(``expires_at``, docs/protocol.md part C) and fire ``expire``; the final states
 fire ``done`` after ``RESULT_SECONDS`` so the result stays on screen.
 """
 
@@ -54,7 +54,7 @@ class State(enum.Enum):
         return self in FINAL
 
     def screen(self, confirm_required: bool) -> Screen:
-        """What the checkout shows in this state (PROTOCOL.md part C ``screen``)."""
+        """What the checkout shows in this state (docs/protocol.md part C ``screen``)."""
         if self is State.IDLE:
             return Screen.IDLE
         if self is State.OFFERED:

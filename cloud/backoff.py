@@ -1,6 +1,6 @@
 """Backoff schedule and clock for polling and safe retries. Pure, no I/O.
 
-PROTOCOL.md part B: a notification may never come, so the POS server polls
+docs/protocol.md part B: a notification may never come, so the POS server polls
 ``order.query`` until the status is final. ``Backoff`` gives the waits: the
 first after ``first`` seconds, each next one ``factor`` times longer up to
 ``cap``, every one multiplied by a uniform jitter in ``1 ± jitter`` so that

@@ -1,6 +1,6 @@
 """``sadad-pos``: push, query and close orders, receive notifications.
 
-A command-line POS server for developers (PROTOCOL.md parts A and B), built
+A command-line POS server for developers (docs/protocol.md parts A and B), built
 on ``cloud.pos.AsyncPosClient`` and the config in ``pos.toml``
 (``cloud.config``)::
 

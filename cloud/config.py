@@ -2,7 +2,7 @@
 
 Format::
 
-    gateway_url = "http://127.0.0.1:8080"           # {gateway_url}/api/entry, PROTOCOL.md A
+    gateway_url = "http://127.0.0.1:8080"           # {gateway_url}/api/entry, docs/protocol.md A
     app_id = "pos-sandbox"                           # the app_id the gateway issued
     merchant_no = "M0001"
     private_key_file = "keys/pos_private.pem"        # relative to this file
@@ -11,7 +11,7 @@ Format::
     # optional: notify_url = "https://pos.example/notify", timeout = 10.0, store_no = "S1"
 
 Keys may be PEM or the bare base64 DER text of the gateway portal
-(PROTOCOL.md "Common envelope"). Every problem is a ``ConfigError`` naming
+(docs/protocol.md "Common envelope"). Every problem is a ``ConfigError`` naming
 the file, the key, what is wrong and what is allowed; nothing else escapes
 ``load_config``.
 """

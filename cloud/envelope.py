@@ -1,6 +1,6 @@
 """The signed envelope around every call, response, push, notification and event.
 
-PROTOCOL.md "Common envelope": flat JSON objects, system fields beside the
+docs/protocol.md "Common envelope": flat JSON objects, system fields beside the
 business fields, RSA2 ``sign``; responses carry ``data`` as a JSON *string*
 and sign ``code``, ``msg``, ``data`` and ``psn``. Pure functions; the clock
 is passed in (``now_ms``) so callers and tests control it.

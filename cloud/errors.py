@@ -19,7 +19,7 @@ class SadadError(Exception):
 
 
 class ContractError(SadadError, ValueError):
-    """A message does not follow PROTOCOL.md: a missing or malformed field.
+    """A message does not follow docs/protocol.md: a missing or malformed field.
 
     ``field`` names the offending wire field (``$.order_amount``) when known.
     """

@@ -1,4 +1,4 @@
-"""Typed wire messages (PROTOCOL.md parts A-D). Pure: no I/O.
+"""Typed wire messages (docs/protocol.md parts A-D). Pure: no I/O.
 
 Every Struct is the *business* part of a flat signed object; the system
 fields (``app_id``, ``method``, ``timestamp``, ``sign`` ...) are added and
@@ -44,7 +44,7 @@ class Method(enum.StrEnum):
 
 
 class TransStatus(enum.IntEnum):
-    """``trans_status`` (PROTOCOL.md part A). 1, 2 and 3 are final."""
+    """``trans_status`` (docs/protocol.md part A). 1, 2 and 3 are final."""
 
     PREORDER = 9
     PROCESSING = 0

@@ -1,6 +1,6 @@
 """Amounts: Decimal in major units, checked against ISO 4217 minor units.
 
-PROTOCOL.md "Common envelope": reject more fraction digits than the currency
+docs/protocol.md "Common envelope": reject more fraction digits than the currency
 has (QAR 2, KWD 3, JPY 0); never binary floating point.
 """
 

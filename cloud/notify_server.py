@@ -1,4 +1,4 @@
-"""A minimal HTTP receiver for result notifications (PROTOCOL.md part B).
+"""A minimal HTTP receiver for result notifications (docs/protocol.md part B).
 
 The gateway POSTs a signed JSON object to the order's ``notify_url`` and
 wants HTTP 200 with the plain body ``success`` within 5 s; anything else is

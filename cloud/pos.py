@@ -1,6 +1,6 @@
 """The POS-server module: push, query, close, wait, verify notifications.
 
-PROTOCOL.md part A (``wisehub.cloud.pay.order``, ``wisehub.cloud.pay.close``,
+docs/protocol.md part A (``wisehub.cloud.pay.order``, ``wisehub.cloud.pay.close``,
 ``order.query`` on ``POST {gateway}/api/entry``) and part B (result
 notifications). Signing, envelopes and message checks are ``cloud.envelope``
 and ``cloud.messages``; this module adds the transport, the retry policy and

@@ -1,4 +1,4 @@
-"""The card-data envelope (PROTOCOL.md part D): RSA-OAEP-SHA256 + AES-256-GCM.
+"""The card-data envelope (docs/protocol.md part D): RSA-OAEP-SHA256 + AES-256-GCM.
 
 ``seal`` encrypts a payload for the gateway with a fresh AES-256 key, which
 RSA-OAEP (SHA-256, MGF1-SHA-256) wraps with the gateway public key. The

@@ -1,4 +1,4 @@
-"""RSA2 signatures over the canonical string (PROTOCOL.md "Common envelope").
+"""RSA2 signatures over the canonical string (docs/protocol.md "Common envelope").
 
 1. every field but ``sign`` (any case); fields that are null or "" dropped;
 2. objects and arrays as compact JSON, booleans ``true``/``false``, strings

@@ -1,6 +1,6 @@
 """States never regress: the one rule every layer applies to a status it keeps.
 
-Delivery is at least once and answers race (PROTOCOL.md part B: retried
+Delivery is at least once and answers race (docs/protocol.md part B: retried
 notifications beside ``order.query`` polling; part C: redelivered pushes and
 events), so a report may arrive late, twice or out of order. Whoever stores
 or shows a status - the POS client, the sandbox, the agent's journal, the
@@ -18,7 +18,7 @@ checkout screen - judges each report against what it holds:
 A ``Ladder`` is a layer's statuses: its non-final steps, earliest first
 (statuses sharing a step may follow one another freely), and its final
 statuses, which all sit above every step and never move. ``TRANS_STATUS`` is
-the ladder of ``trans_status`` (PROTOCOL.md part A: 9 -> 0 -> 1/2/3).
+the ladder of ``trans_status`` (docs/protocol.md part A: 9 -> 0 -> 1/2/3).
 A layer that is itself the authority may allow named exceptions on top
 (the sandbox's reversal 2 -> 3); a report never makes one.
 """

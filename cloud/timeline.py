@@ -2,7 +2,7 @@
 
 The terminal journals a timestamp for each hop of a payment (``HOPS``, in the
 order a sale reaches them) and sends the hops reached so far with every
-terminal event (PROTOCOL.md part C, ``hops``: hop name -> ms). The times
+terminal event (docs/protocol.md part C, ``hops``: hop name -> ms). The times
 come from the terminal's monotonic clock offset to its wall clock at start,
 so within one run of the agent they only increase, whatever NTP does.
 

@@ -62,7 +62,7 @@ class EntryMode(enum.StrEnum):
 
 
 class ReaderState(enum.StrEnum):
-    """As reported on the status topic (PROTOCOL.md part C ``readers``)."""
+    """As reported on the status topic (docs/protocol.md part C ``readers``)."""
 
     READY = "ready"
     OFFLINE = "offline"

@@ -3,7 +3,7 @@
 Contract: pure functions over a digit string; nothing here logs or keeps a PAN.
 
 * ``luhn_valid(pan)``: ISO/IEC 7812-1 Annex B check digit (mod 10).
-* ``brand_for_pan(pan)``: the ``pay_method_id`` style brand name (PROTOCOL.md
+* ``brand_for_pan(pan)``: the ``pay_method_id`` style brand name (docs/protocol.md
   part A: ``Visa``, ``MasterCard``, ``Amex``, ``UnionPay``, ...) from the
   published IIN ranges below, first match wins; ``"Unknown"`` when none
   matches (the agent decides whether an unknown brand may be sent).

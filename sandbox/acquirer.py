@@ -1,4 +1,4 @@
-"""The simulated acquirer behind the sandbox cashier API (PROTOCOL.md part D).
+"""The simulated acquirer behind the sandbox cashier API (docs/protocol.md part D).
 
 Pure rules: ``decide`` takes the amount and the payment instrument and says
 what the acquirer does; the cashier module applies delays (times the

@@ -1,6 +1,6 @@
 """The sandbox's HTTP side: a Starlette app for SadadSystem.
 
-Routes (PROTOCOL.md "Common envelope", parts A and D):
+Routes (docs/protocol.md "Common envelope", parts A and D):
 
 - ``POST /api/entry``: the Open API (``sandbox.openapi``), requests verified
   with ``envelope.open_request`` against the POS app's public key;

@@ -1,4 +1,4 @@
-"""The cashier API the terminals call (PROTOCOL.md part D).
+"""The cashier API the terminals call (docs/protocol.md part D).
 
 Requests are signed by the terminal (``app_id`` = its SN) and must name the
 calling terminal in ``terminal_sn``; only the order's own terminal may act on

@@ -1,4 +1,4 @@
-"""``sadad-sandbox``: the local SadadSystem + SadadTMS (PROTOCOL.md parts A-D).
+"""``sadad-sandbox``: the local SadadSystem + SadadTMS (docs/protocol.md parts A-D).
 
 ``sadad-sandbox serve --data DIR [--host 127.0.0.1] [--port N] [--mqtt URL |
 --start-broker] [--time-scale F] [--hang-seconds S]`` prepares DIR (keys,

@@ -1,4 +1,4 @@
-"""Failure codes the sandbox answers with (PROTOCOL.md "Common envelope": a
+"""Failure codes the sandbox answers with (docs/protocol.md "Common envelope": a
 response whose ``code`` is not "0" is a failure with a human-readable ``msg``).
 
 The real gateway's code list is not published; these are the sandbox's own,

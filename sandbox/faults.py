@@ -1,6 +1,6 @@
 """Forced failures: the sandbox's switchboard for the ways an order goes wrong.
 
-Sandbox-only (nothing here is in PROTOCOL.md); sandbox/README.md "Forcing
+Sandbox-only (nothing here is in docs/protocol.md); sandbox/README.md "Forcing
 failures" is the user's view. The acquirer's magic amounts
 (``sandbox.acquirer``: timeout ``.91``, HTTP 503 ``.93``, charged-then-500
 ``.52``, declines) and the reader simulators (a card pulled away, the

@@ -1,6 +1,6 @@
 """Where the sandbox keeps things under its data directory, and its RSA keys.
 
-Layout of ``DIR`` (PROTOCOL.md "Common envelope": the gateway signs with its
+Layout of ``DIR`` (docs/protocol.md "Common envelope": the gateway signs with its
 private key, the POS app and each terminal with their own)::
 
     DIR/sandbox.db                      state (sandbox.store)

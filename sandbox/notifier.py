@@ -1,4 +1,4 @@
-"""Result notifications to the POS server (PROTOCOL.md part B).
+"""Result notifications to the POS server (docs/protocol.md part B).
 
 When an order reaches a final status the store queues one notification per
 (``trans_no``, ``trans_status``) with a snapshot of the ``order.query``
@@ -27,7 +27,7 @@ from sandbox.store import PendingNotification, Store, wire_time
 log = logging.getLogger(__name__)
 
 # Waits before attempts 2..15: 5 s, 10 s, 15 s, 30 s, 60 s, 3 min, 10 min,
-# 15 min, 30 min x3, 3 h x3 (PROTOCOL.md part B).
+# 15 min, 30 min x3, 3 h x3 (docs/protocol.md part B).
 SCHEDULE_S: tuple[int, ...] = (5, 10, 15, 30, 60, 180, 600, 900, 1800, 1800, 1800) + (10800,) * 3
 MAX_ATTEMPTS = len(SCHEDULE_S) + 1  # 15
 TIMEOUT_S = 5.0

@@ -1,4 +1,4 @@
-"""The Open API methods the POS server calls (PROTOCOL.md part A).
+"""The Open API methods the POS server calls (docs/protocol.md part A).
 
 Each handler takes the verified request fields of the calling POS app's
 merchant and returns a signed ``Reply``, or raises ``ApiError`` (answered as

@@ -3,7 +3,7 @@
 ``prepare`` makes a data directory usable (keys, the sandbox merchant
 ``M0001`` with its POS app ``pos-sandbox``, the database); ``write_pos_config``
 writes ``DIR/pos.toml`` for ``sadad-pos``; ``provision_terminal`` gives a
-terminal its key pair (PROTOCOL.md "Common envelope": "each terminal has its
+terminal its key pair (docs/protocol.md "Common envelope": "each terminal has its
 own key pair, public half registered with the gateway"), registers it with
 ``app_id`` = its SN, copies the gateway public key beside it and writes
 ``DIR/terminals/SN/agent.toml`` for ``sadad-agent``.

@@ -3,7 +3,7 @@
 Holds what SadadSystem and SadadTMS know: merchants and their POS app keys,
 terminals and their keys (read per request, so a terminal provisioned while
 ``serve`` runs is seen at once), orders with their ``trans_status``
-(PROTOCOL.md part A), cashier ``request_no`` answers and the charges the
+(docs/protocol.md part A), cashier ``request_no`` answers and the charges the
 simulated acquirer made (part D), pushes sent and terminal events and status
 received (part C), and result notifications with their delivery state
 (part B).
@@ -65,7 +65,7 @@ ALLOWED_MOVES: dict[TransStatus, frozenset[TransStatus]] = {
 
 
 def wire_time(ms: int) -> str:
-    """UTC ``YYYY-MM-DD HH:mm:ss`` (PROTOCOL.md: times that are not ``timestamp``)."""
+    """UTC ``YYYY-MM-DD HH:mm:ss`` (docs/protocol.md: times that are not ``timestamp``)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
 
 

@@ -3,7 +3,7 @@
 An AID is a 5-byte RID (registered application provider, ISO/IEC 7816-5)
 followed by a PIX. The brand is taken from the longest matching prefix in
 ``AID_BRANDS``: full AIDs first where a scheme uses one RID for several
-brands, then RIDs. Names follow PROTOCOL.md ("pay_method_id: Visa,
+brands, then RIDs. Names follow docs/protocol.md ("pay_method_id: Visa,
 MasterCard, Amex, UnionPay, MyDebit, ...").
 
 Sources: EMVCo registered RIDs and the scheme AIDs listed at

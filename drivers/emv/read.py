@@ -96,7 +96,8 @@ EXTRA_TAGS = (0x84, 0x9F03, 0x9F33, 0x9F34, 0x9F35, 0x9F6E)
 terminal type, form factor indicator."""
 
 NEVER_ONLINE_TAGS = frozenset({0x56, 0x57, 0x5A, 0x5F20, 0x5F24, 0x9F6B})
-"""Card data that travels in its own encrypted fields (PROTOCOL.md part D), never in emv_tlv."""
+"""Card data that travels in its own encrypted fields (docs/protocol.md part D), not in
+emv_tlv."""
 
 _SKIP_CANDIDATE_SW = frozenset({0x6A82, 0x6A81, 0x6283})
 _NOT_SUPPORTED_SW = {

@@ -18,7 +18,8 @@ Spec: NXP UM0701-02 "PN532 User Manual" §7 (command set; §7.1 error codes,
 §7.3.1 RFConfiguration, §7.3.5 InListPassiveTarget, §7.3.8 InDataExchange,
 §7.3.11 InRelease). Codes and the error table as in nfcpy
 ``src/nfc/clf/pn532.py`` ``Chipset.CMD``/``Chipset.ERR`` and libnfc
-``pn53x-internal.h`` (see /work/shared/reference/terminal-side.md §1.3).
+``libnfc/chips/pn53x-internal.h`` (github.com/nfcpy/nfcpy,
+github.com/nfc-tools/libnfc).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Contract:
 * Nothing here logs; ``Frame`` reprs show the TFI, command code and length
   only, never the payload (it may carry APDUs with card data).
 
-Spec (NXP UM0701-02 "PN532 User Manual" rev. 02, section 6.2, quoted in
-/work/shared/reference/terminal-side.md section 1.1):
+Spec (NXP UM0701-02 "PN532 User Manual" rev. 02, section 6.2; the frame
+layer of nfcpy ``src/nfc/clf/pn53x.py`` and libnfc ``pn532_uart.c`` agree):
 
 * normal information frame (§6.2.1.1)
   ``PREAMBLE 00 | START 00 FF | LEN | LCS | TFI | PD0..PDn | DCS | POSTAMBLE 00``;

@@ -1,4 +1,4 @@
-"""MqttLink against a real Mosquitto (PROTOCOL.md part C): delivery, manual
+"""MqttLink against a real Mosquitto (docs/protocol.md part C): delivery, manual
 acknowledgement, persistent session, will, reconnects, TLS, protocol fallback,
 and the setup screen's probe. The "other side" is a plain paho client."""
 

@@ -3,7 +3,7 @@
 Covers: safe retries only (create with the same body, queries; never close),
 who-is-at-fault errors, waiting by notification or by polling on the backoff
 schedule with a fake clock, the sticky first final status, notification
-verification and deduplication (PROTOCOL.md parts A and B).
+verification and deduplication (docs/protocol.md parts A and B).
 """
 
 from __future__ import annotations

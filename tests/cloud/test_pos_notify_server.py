@@ -1,5 +1,5 @@
 """The stdlib notification receiver on a real socket: 200 ``success`` for a
-verified notification (new or repeated), 400 for a bad one (PROTOCOL.md B)."""
+verified notification (new or repeated), 400 for a bad one (docs/protocol.md B)."""
 
 from __future__ import annotations
 

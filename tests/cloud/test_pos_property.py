@@ -1,6 +1,6 @@
 """Property: however notifications and query answers for one order are
 shuffled and duplicated, the client ends in the first final status it
-observed, and ``wait_for_final`` returns exactly that (PROTOCOL.md part B:
+observed, and ``wait_for_final`` returns exactly that (docs/protocol.md part B:
 at-least-once delivery, polling beside it)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RSA2 signing against fixed vectors (PROTOCOL.md "Common envelope").
+"""RSA2 signing against fixed vectors (docs/protocol.md "Common envelope").
 
 The pinned signature was cross-checked with
 ``printf '%s' CANONICAL | openssl dgst -sha256 -sign test_key_pkcs1.pem | base64``.

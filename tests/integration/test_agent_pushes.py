@@ -1,5 +1,5 @@
 """Pushes end to end: the persistent MQTT session, duplicates, and the pushes
-a terminal must refuse (PROTOCOL.md part C), with the real agent, broker and
+a terminal must refuse (docs/protocol.md part C), with the real agent, broker and
 sandbox."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The POS module and ``sadad-pos`` against the real sandbox process.
 
-A simulated terminal pays through the cashier API (PROTOCOL.md part D) with
+A simulated terminal pays through the cashier API (docs/protocol.md part D) with
 a sealed test card; the POS side learns the result by notification (part
 B) or, when notifications fail, by polling ``order.query`` (part A).
 """

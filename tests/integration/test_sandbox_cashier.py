@@ -1,4 +1,4 @@
-"""The sandbox's cashier API (PROTOCOL.md part D) and its simulated acquirer,
+"""The sandbox's cashier API (docs/protocol.md part D) and its simulated acquirer,
 against the real sandbox process, with cloud.envelope + httpx as the terminal."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sandbox's Open API and TMS pushes (PROTOCOL.md parts A and C) against a
+"""The sandbox's Open API and TMS pushes (docs/protocol.md parts A and C) against a
 real Mosquitto and the real sandbox process, with cloud.envelope as the POS."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The sandbox as a service: notifications with the scaled retry schedule
-(PROTOCOL.md part B), restarts, broker restarts, bad input, its own broker."""
+(docs/protocol.md part B), restarts, broker restarts, bad input, its own broker."""
 
 from __future__ import annotations
 

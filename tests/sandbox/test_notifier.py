@@ -1,4 +1,4 @@
-"""Notification retry schedule (PROTOCOL.md part B) and delivery against a
+"""Notification retry schedule (docs/protocol.md part B) and delivery against a
 real local HTTP server, in-process."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_schedule_is_15_attempts_over_about_12_hours() -> None:
     assert SCHEDULE_S[:5] == (5, 10, 15, 30, 60)
     assert SCHEDULE_S[5:8] == (180, 600, 900)
     assert SCHEDULE_S[8:] == (1800,) * 3 + (10800,) * 3
-    assert sum(SCHEDULE_S) == 11 * 3600  # "about 12 h" in PROTOCOL.md
+    assert sum(SCHEDULE_S) == 11 * 3600  # "about 12 h" in docs/protocol.md
     assert retry_delay_s(1) == 5
     assert retry_delay_s(3, 0.01) == pytest.approx(0.15)
     assert retry_delay_s(14) == 10800
