@@ -106,6 +106,14 @@ class EngineSettings:
     result_seconds: float = RESULT_SECONDS
     retry_base: float = 1.0
     retry_cap: float = 30.0
+    # The longest a payment call may take, whatever happens under it (the HTTP
+    # client has its own timeout and may re-send once): then the outcome is
+    # unknown and RESOLVING settles it.
+    authorize_deadline: float = 40.0
+    # How long one step of the worker may go without progress before the
+    # watchdog stops: longer than any legitimate wait between two signs of
+    # life (a reversal retry: retry_cap + an HTTP timeout).
+    stall_after: float = 120.0
 
 
 @dataclass(slots=True)
@@ -126,6 +134,7 @@ class _Current:
     tx: TxRow
     card: dict[str, str] | None = None
     resolving_rejected: bool = False
+    reverse_now: bool = False  # cancelled by the cashier once a payment may have left
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -194,6 +203,10 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._recovering = False
         self._reports = reject_reports or RejectReports()
+        self._busy_since: float | None = None  # the worker's current step began
+        self._payment: asyncio.Future[m.CashierResult] | None = None  # a create in flight
+        self._last_beat = 0.0
+        self._stuck = False
         self._report_timer: asyncio.TimerHandle | None = None
         self._rejected_seq = 0
         self.gateway_ok: bool | None = None
@@ -210,23 +223,40 @@ class Engine:
         self._recovering = True
         try:
             for tx in self.journal.open_transactions():
-                if self.journal.attempts(tx.trans_no):
-                    # A payment was (maybe) sent: the gateway knows the outcome.
-                    log.warning(
-                        "resuming %s: payment outcome not journaled, resolving", tx.trans_no
-                    )
-                    self.current = _Current(tx)
-                    self._idle.clear()
-                    await self.trigger("resume")  # type: ignore[attr-defined]
-                    _raise_if_cancelling()
-                    await self._idle.wait()
-                elif tx.expires_at <= _wall_ms():
-                    self._finish_offline(tx, Phase.EXPIRED, "failed", reason="expired")
-                else:
-                    log.info("resuming %s: order shown again", tx.trans_no)
-                    self._enqueue(tx.trans_no, tx.queue_mode)
+                await self._settle(tx, reoffer=True)
         finally:
             self._recovering = False
+        for trans_no, message_id in self.journal.pending_closes():
+            await self._close(trans_no)  # acknowledged before a crash, not applied
+            self.journal.close_applied(message_id)
+
+    async def _settle(self, tx: TxRow, *, reoffer: bool, reason: str = "") -> None:
+        """End a non-final transaction that is not on screen, as a restart does:
+        an attempt that may have left is resolved (detail, then reverse); an
+        expired order expires; otherwise it is offered again (``reoffer``, at
+        a start) or ends cancelled with ``reason`` and is closed at the
+        gateway (after a fault: an order that broke the terminal once must
+        not be offered again)."""
+        if self.journal.attempts(tx.trans_no):
+            # A payment was (maybe) sent: the gateway knows the outcome.
+            log.warning("resuming %s: payment outcome not journaled, resolving", tx.trans_no)
+            self.current = _Current(tx)
+            self._idle.clear()
+            await self.trigger("resume")  # type: ignore[attr-defined]
+            _raise_if_cancelling()
+            await self._idle.wait()
+        elif tx.expires_at <= _wall_ms():
+            self._finish_offline(tx, Phase.EXPIRED, "failed", reason="expired")
+        elif reoffer:
+            log.info("resuming %s: order shown again", tx.trans_no)
+            self._enqueue(tx.trans_no, tx.queue_mode)
+        else:
+            with self.journal.batch():
+                if self.journal.finish(tx.trans_no, Phase.CANCELLED, reason=reason):
+                    self.journal.enqueue_event("cancelled", tx.message_id, tx.trans_no, reason)
+                    self.journal.enqueue_event("gw:cancel", tx.message_id, tx.trans_no, reason)
+            self._outbox_wake.set()
+            self._show()
 
     def start(self) -> None:
         """Start the worker and the outbox drainer (after ``recover``)."""
@@ -305,7 +335,8 @@ class Engine:
             return
         if isinstance(biz, m.PushClose):
             if self.journal.record_close_push(push.message_id, biz.trans_no):
-                self._inbox.put_nowait(("close", biz.trans_no))
+                _crash_point("close_journaled")
+                self._inbox.put_nowait(("close", (biz.trans_no, push.message_id)))
             return
         fields = {
             "trans_no": biz.trans_no,
@@ -316,7 +347,11 @@ class Engine:
             "currency": biz.price_currency,
             "amount": biz.order_amount,
             "tip_amount": biz.tip_amount,
-            "description": biz.description,
+            # Free text from the POS: kept as it may be shown (a screen line
+            # is never longer; control and bidi-control characters dropped).
+            "description": redact.display(biz.description, m.MAX_DESCRIPTION)
+            if biz.description
+            else None,
             "pay_scenario": biz.pay_scenario.value if biz.pay_scenario else None,
             "confirm": int(biz.confirm_on_terminal),
             "expires_at": biz.expires_at,
@@ -464,6 +499,16 @@ class Engine:
             raise ValueError(f"unknown intent {name}")
         if self.current is None:
             return {"accepted": False, "reason": "no order on screen"}
+        if name == "cancel" and self.state in (State.AUTHORIZING, State.RESOLVING):
+            # The worker is inside that state: act here. A payment that may have
+            # left is reversed, never left to complete.
+            self.current.reverse_now = True
+            if self._payment is not None:
+                self._payment.cancel()
+            log.warning(
+                "cashier cancelled %s during authorization: reversing", self.current.tx.trans_no
+            )
+            return {"accepted": True}
         self._inbox.put_nowait((name, self.current.tx.trans_no))
         return {"accepted": True}
 
@@ -480,13 +525,64 @@ class Engine:
     async def _worker(self) -> None:
         while True:
             kind, arg = await self._inbox.get()
+            self._busy_since = time.monotonic()
             try:
                 await self._handle(kind, arg)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 log.exception("engine: %s failed", kind)
+                await self._after_fault(exc)
+            finally:
+                self._busy_since = None
             _raise_if_cancelling()
+
+    async def _after_fault(self, exc: Exception) -> None:
+        """An exception escaped while an order was on the terminal (a state
+        callback, the screen, sealing, a journal refusal): end that order the
+        way recovery after a crash would, report it, and go on with the next.
+        If even that fails, the engine counts as stalled: the watchdog stops
+        and systemd restarts the agent, whose recovery settles it."""
+        cur = self.current
+        if cur is None:
+            return
+        trans_no = cur.tx.trans_no
+        reason = f"terminal fault ({type(exc).__name__})"
+        try:
+            await self._stop_readers()
+            if self.state is State.IDLE:  # failed before the order's first transition
+                self.current = None
+                self._idle.set()
+            else:
+                await self.trigger("fault")  # type: ignore[attr-defined]
+                _raise_if_cancelling()
+            tx = self.journal.get(trans_no)
+            if tx is not None and not tx.final:
+                log.error("order %s interrupted by a %s: settling it", trans_no, reason)
+                await self._settle(tx, reoffer=False, reason=reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("engine: %s could not be settled after a fault", trans_no)
+            self._stuck = True
+        finally:
+            self._outbox_wake.set()  # whatever the interrupted step journaled goes out
+
+    def _beat(self) -> None:
+        """A long step is still moving (for ``stalled``)."""
+        self._last_beat = time.monotonic()
+
+    def stalled(self, now: float | None = None) -> bool:
+        """The worker has been in one step for ``stall_after`` s without a
+        sign of progress, or could not settle an order after a fault: the
+        watchdog must stop (a restart and its recovery settle it)."""
+        if self._stuck:
+            return True
+        busy = self._busy_since
+        if busy is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - max(busy, self._last_beat) > self.settings.stall_after
 
     async def _handle(self, kind: str, arg: Any) -> None:
         cur = self.current
@@ -500,7 +596,9 @@ class Engine:
             if cur is not None and cur.tx.trans_no == arg:
                 await self.trigger(kind, cause="cashier")  # type: ignore[attr-defined]
         elif kind == "close":
-            await self._close(arg)
+            trans_no, message_id = arg
+            await self._close(trans_no)
+            self.journal.close_applied(message_id)
 
     async def _offer_next(self) -> None:
         while self.queue:
@@ -570,6 +668,7 @@ class Engine:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)  # that fsync made the push durable: its PUBACK may go
         self._outbox_wake.set()
+        _fail_point("offered")
         if not cur.tx.confirm:
             await self.trigger("begin")  # type: ignore[attr-defined]
 
@@ -578,6 +677,7 @@ class Engine:
     ) -> None:
         cur = self._cur()
         self.journal.set_phase(cur.tx.trans_no, Phase.AWAITING_PAYMENT)
+        _fail_point("awaiting_payment")
         self.view = ScreenView(
             screen=m.Screen.WAITING_FOR_CARD,
             order=self._order_view(cur.tx),
@@ -593,6 +693,7 @@ class Engine:
     async def on_enter_READING(self, *_: Any, presentation: Presentation, **__: Any) -> None:
         cur = self._cur()
         self._hop("card_presented")
+        _fail_point("reading")
         problem = self._check_presentation(cur.tx, presentation)
         if problem:
             await self.trigger("retry_read", message=problem)  # type: ignore[attr-defined]
@@ -638,6 +739,7 @@ class Engine:
         self.journal.new_attempt(tx.trans_no, request_no, kind)
         self._hop("payment_journaled")
         _crash_point("payment_journaled")
+        _fail_point("payment_journaled")
         self.view = ScreenView(
             screen=m.Screen.AUTHORIZING,
             order=self._order_view(tx),
@@ -647,11 +749,31 @@ class Engine:
         self._show()
         ref = OrderRef.of(tx)
         self._hop("sent")
+        # The call is a task of its own, so that neither a hung network nor the
+        # cashier's cancel can hold the terminal here: either makes the outcome
+        # unknown, which RESOLVING settles (a cancel by reversing at once).
+        if isinstance(presentation, CardRead):
+            call = self.gateway.pay_card(ref, request_no, presentation)
+        else:
+            call = self.gateway.pay_wallet(ref, request_no, presentation)
+        del presentation  # clear card data leaves our hands with the call
+        payment = asyncio.ensure_future(call)
+        self._payment = payment
         try:
-            if isinstance(presentation, CardRead):
-                result = await self.gateway.pay_card(ref, request_no, presentation)
-            else:
-                result = await self.gateway.pay_wallet(ref, request_no, presentation)
+            await asyncio.wait({payment}, timeout=self.settings.authorize_deadline)
+        finally:
+            self._payment = None
+            if not payment.done():
+                payment.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await payment
+        if payment.cancelled() or not payment.done():
+            why = "cancelled on the terminal" if cur.reverse_now else "no answer in time"
+            log.warning("payment %s outcome unknown: %s", tx.trans_no, why)
+            await self.trigger("unknown")  # type: ignore[attr-defined]
+            return
+        try:
+            result = payment.result()
         except CloudUnavailable as exc:
             self.gateway_ok = False
             log.warning("payment %s outcome unknown: %s", tx.trans_no, exc)
@@ -663,22 +785,23 @@ class Engine:
             cur.resolving_rejected = True
             await self.trigger("unknown")  # type: ignore[attr-defined]
             return
-        finally:
-            del presentation  # clear card data leaves our hands here
         self.gateway_ok = True
         self._hop("answered")
         _crash_point("answered")
+        _fail_point("answered")
         await self._adopt(request_no, result, from_create=True)
 
     async def on_enter_RESOLVING(self, *_: Any, **__: Any) -> None:
         cur = self._cur()
         tx = cur.tx
         attempts = self.journal.attempts(tx.trans_no)
-        if not attempts:  # nothing was ever sent
+        if not attempts:  # nothing was ever sent: close it at the gateway too
+            self.journal.enqueue_event("gw:cancel", tx.message_id, tx.trans_no, "payment not sent")
             await self.trigger("reversed", reason="payment not sent")  # type: ignore[attr-defined]
             return
         request_no = attempts[-1].request_no
         self.journal.set_phase(tx.trans_no, Phase.RESOLVING)
+        _fail_point("resolving")
         self.view = ScreenView(
             screen=m.Screen.AUTHORIZING,
             order=self._order_view(tx),
@@ -686,9 +809,13 @@ class Engine:
             card=cur.card,
         )
         self._show()
+        if cur.reverse_now:  # the cashier cancelled: undo it, whatever became of it
+            await self._reverse(request_no)
+            return
         deadline = time.monotonic() + self.settings.resolve_deadline
         delay = self.settings.retry_base
         while True:
+            self._beat()
             try:
                 detail = await self.gateway.detail(tx.trans_no, request_no)
                 self.gateway_ok = True
@@ -702,7 +829,7 @@ class Engine:
             except CloudRejected as exc:
                 log.warning("detail %s refused: %s", tx.trans_no, exc)
             left = deadline - time.monotonic()
-            if cur.resolving_rejected or left <= 0:
+            if cur.resolving_rejected or cur.reverse_now or left <= 0:
                 break
             # Never sleep past the deadline: the last detail is asked at it.
             await asyncio.sleep(min(self._jitter(delay), left))
@@ -717,6 +844,7 @@ class Engine:
         self._show()
         delay = self.settings.retry_base
         while True:
+            self._beat()
             try:
                 result = await self.gateway.reverse(
                     tx.trans_no, request_no, "outcome unknown (timeout reversal)"
@@ -832,7 +960,13 @@ class Engine:
     ) -> None:
         cur = self._cur()
         tx = cur.tx
-        finished = self.journal.finish(tx.trans_no, phase, reason=reason, **(fields or {}))
+        # The final phase and the event that reports it: one commit, so a
+        # crash between them cannot lose the report.
+        with self.journal.batch():
+            finished = self.journal.finish(tx.trans_no, phase, reason=reason, **(fields or {}))
+            if finished:
+                self.journal.enqueue_event(event, tx.message_id, tx.trans_no, reason)
+        _fail_point("final")
         stored = None if finished else self.journal.get(tx.trans_no)
         if stored is not None and stored.phase is not phase:
             # States never regress: the screen shows the journaled outcome, whose
@@ -858,7 +992,6 @@ class Engine:
         self._show()
         self._hop("result_shown")
         if finished:
-            self.journal.enqueue_event(event, tx.message_id, tx.trans_no, reason)
             self._outbox_wake.set()
         log.info("order %s final: %s%s", tx.trans_no, outcome, f" ({reason})" if reason else "")
         if self._recovering:  # nobody is looking: no need to keep the result on screen
@@ -1032,9 +1165,19 @@ class Engine:
         return delay * (0.5 + self._rng.random())
 
     def _show(self) -> None:
+        """Tell the screen and the status. Never raises: what the checkout
+        shows must not decide what happens to the money (a screen that cannot
+        be drawn is logged; the order goes on)."""
         self.view.queue = len(self.queue)
-        self._on_screen(self.view)
-        self._on_status()
+        self._beat()
+        try:
+            self._on_screen(self.view)
+        except Exception:
+            log.exception("screen %s could not be shown", self.view.screen)
+        try:
+            self._on_status()
+        except Exception:
+            log.exception("status could not be published")
 
     def _message(self, text: str) -> None:
         self.view.message = text
@@ -1083,6 +1226,23 @@ def _raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+_FAILED_AT: set[str] = set()
+
+
+class Failpoint(RuntimeError):
+    """Raised where ``SADAD_AGENT_FAIL_AT`` says (tests only)."""
+
+
+def _fail_point(step: str) -> None:
+    """Raise here, once per process, when ``SADAD_AGENT_FAIL_AT`` names this
+    step: the fault tests prove that an exception in any state callback ends
+    the order as recovery would, and the terminal takes the next one."""
+    if os.environ.get("SADAD_AGENT_FAIL_AT") == step and step not in _FAILED_AT:
+        _FAILED_AT.add(step)
+        log.warning("fail point %s: raising", step)
+        raise Failpoint(f"fail point {step}")
 
 
 def _crash_point(step: str) -> None:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from agent.http11 import Http11Client, HttpError, HttpTimeout, HttpTransport
-from cloud import envelope
+from cloud import envelope, redact
 from cloud import messages as m
 from cloud.answers import Question, UnboundAnswer, open_cashier_answer
 from cloud.errors import CloudRejected, CloudUnavailable, ContractError
@@ -59,10 +59,12 @@ _DECLINE_REASONS = {
 
 
 def decline_reason(code: str | None, message: str | None) -> str:
-    """A human reason for a decline code (ISO 8583 field 39 style)."""
+    """A human reason for a decline code (ISO 8583 field 39 style); else the
+    gateway's own message as it may be shown and journaled (``redact.display``:
+    card-number-like digit runs masked, no control characters, 120 at most)."""
     if code and code in _DECLINE_REASONS:
         return _DECLINE_REASONS[code]
-    return (message or "Payment declined").strip()[:120]
+    return redact.display(message or "", 120) or "Payment declined"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,9 @@ Contract (DESIGN.md "Transaction engine", docs/protocol.md part C and D):
 * Events for the TMS go through an outbox (transactional outbox pattern), so
   a crash between "final" and "published" loses nothing.
 * It never holds a full PAN, track data, EMV data or a wallet code: callers
-  pass masked values only, and ``_check_clean`` refuses digit runs that look
-  like a PAN.
+  pass masked values only, and ``_check_clean`` refuses card fields with digit
+  runs that look like a PAN; a free-text ``reason`` from outside (a decline
+  message) has such runs masked instead, so it is never refused.
 
 Schema changes are numbered migrations applied in order (``PRAGMA
 user_version``).
@@ -45,6 +46,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from cloud import redact
 from cloud.status_rules import Ladder, Verdict
 
 log = logging.getLogger(__name__)
@@ -261,16 +263,25 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _check_clean(values: dict[str, Any]) -> None:
-    # Only the fields our card handling fills; order fields from the POS may
-    # legitimately be long digit strings (order numbers, gateway ids).
-    for key in _CARD_FIELDS & values.keys():
-        value = values[key]
+def _check_clean(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` fit to keep. A ``reason`` is text from outside (a gateway's
+    decline message): its card-number-like digit runs are masked, so it is
+    always kept. The fields our own card handling fills must already be
+    masked: one that looks like a PAN is a bug, refused (JournalError).
+    Order fields from the POS may legitimately be long digit strings (order
+    numbers, gateway ids) and are not looked at."""
+    out = dict(values)
+    reason = out.get("reason")
+    if isinstance(reason, str):
+        out["reason"] = redact.mask_digit_runs(reason)
+    for key in _CARD_FIELDS & out.keys():
+        value = out[key]
         if isinstance(value, str) and _PAN_LIKE.search(value):
             raise JournalError(f"refusing to journal {key}: it looks like card data")
+    return out
 
 
-_CARD_FIELDS = frozenset({"masked_pan", "reason", "card_brand", "entry_mode", "auth_code"})
+_CARD_FIELDS = frozenset({"masked_pan", "card_brand", "entry_mode", "auth_code"})
 
 
 class Journal:
@@ -461,7 +472,7 @@ class Journal:
         Returns False (and writes nothing) when ``message_id`` or the
         ``trans_no`` was journaled before: a redelivery.
         """
-        _check_clean(tx)
+        tx = _check_clean(tx)
         now = _now_ms()
         with self._tx() as db:
             cur = db.execute(
@@ -497,13 +508,29 @@ class Journal:
             return True
 
     def record_close_push(self, message_id: str, trans_no: str) -> bool:
-        """Journal a close push. Returns False for a redelivery."""
+        """Journal a close push, to be applied (``close_applied`` once it is):
+        a close acknowledged and then lost in a crash is applied at the next
+        start (``pending_closes``). Returns False for a redelivery."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO pushes VALUES (?,?,?,?,?)",
-                (message_id, "ecrhub.pay.close", trans_no, _now_ms(), "accepted"),
+                (message_id, "ecrhub.pay.close", trans_no, _now_ms(), "close_pending"),
             )
             return cur.rowcount == 1
+
+    def pending_closes(self) -> list[tuple[str, str]]:
+        """(trans_no, message_id) of journaled closes not applied yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT trans_no, message_id FROM pushes WHERE outcome='close_pending' "
+            "ORDER BY received_at, rowid"
+        ).fetchall()
+        return [(str(r["trans_no"]), str(r["message_id"])) for r in rows]
+
+    def close_applied(self, message_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE pushes SET outcome='close_applied' WHERE message_id=?", (message_id,)
+            )
 
     # ------------------------------------------------------------ transactions
 
@@ -530,16 +557,14 @@ class Journal:
         it (the transaction is final, or the move goes back)."""
         if phase.is_final:
             raise ValueError("use finish() for final phases")
-        _check_clean(fields)
-        return self._update(trans_no, phase, final=False, fields=fields)
+        return self._update(trans_no, phase, final=False, fields=_check_clean(fields))
 
     def finish(self, trans_no: str, phase: Phase, **fields: Any) -> bool:
         """Make a transaction final. Returns False if it already was (no change;
         another final phase is logged as a conflict)."""
         if not phase.is_final:
             raise ValueError(f"{phase} is not final")
-        _check_clean(fields)
-        return self._update(trans_no, phase, final=True, fields=fields)
+        return self._update(trans_no, phase, final=True, fields=_check_clean(fields))
 
     def _update(self, trans_no: str, phase: Phase, *, final: bool, fields: dict[str, Any]) -> bool:
         sets = {"phase": phase.value, "final": int(final), "updated_at": _now_ms(), **fields}
@@ -665,7 +690,7 @@ class Journal:
     def enqueue_event(
         self, kind: str, message_id: str, trans_no: str | None, reason: str | None = None
     ) -> int:
-        _check_clean({"reason": reason})
+        reason = _check_clean({"reason": reason})["reason"]
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO outbox (trans_no, kind, reason, message_id, created_at) "

@@ -146,6 +146,10 @@ class AgentService:
             gateway_public_key=public,
             resolve_deadline=cfg.gateway.resolve_deadline,
             result_seconds=cfg.ui.result_seconds,
+            # A call may be sent twice (a stale keep-alive connection), each
+            # within the timeout; then some slack for sealing and the journal.
+            authorize_deadline=2 * cfg.gateway.timeout + 5,
+            stall_after=max(120.0, 4 * cfg.gateway.timeout + 30),
         )
         self.engine = Engine(
             settings,
@@ -224,7 +228,7 @@ class AgentService:
 
     def healthy(self) -> bool:
         engine = self.engine
-        if engine is None or not engine.tasks_alive():
+        if engine is None or not engine.tasks_alive() or engine.stalled():
             return False
         try:
             assert self.journal is not None

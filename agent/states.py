@@ -16,6 +16,7 @@ second close, can never move a transaction backwards.
     OFFERED/AWAITING_PAYMENT --expire (deadline)--> EXPIRED
     IDLE --resume--> RESOLVING                        (restart with an unanswered attempt)
     final --done (after the result is shown)--> IDLE
+    any but IDLE --fault--> IDLE                      (an exception: settled from the journal)
 
 Timeouts: OFFERED and AWAITING_PAYMENT carry the order's own deadline
 (``expires_at``, docs/protocol.md part C) and fire ``expire``; the final states
@@ -91,6 +92,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "close", "source": _CANCELLABLE, "dest": State.CLOSED},
     {"trigger": "expire", "source": [State.OFFERED, State.AWAITING_PAYMENT], "dest": State.EXPIRED},
     {"trigger": "done", "source": list(FINAL), "dest": State.IDLE},
+    # An exception escaped a callback: leave the order (the engine settles it
+    # from the journal, as a restart would) and go back to IDLE.
+    {"trigger": "fault", "source": [s for s in State if s is not State.IDLE], "dest": State.IDLE},
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -27,6 +27,23 @@ MAX_CLOCK_SKEW_MS = 15 * 60 * 1000  # "rejects one more than 15 minutes off its 
 # free-text fields are bounded); the terminal announces this as its MQTT 5
 # Maximum Packet Size and refuses bigger payloads unread under 3.1.1.
 MAX_PUSH_BYTES = 64 * 1024
+
+# Bounds on every free-text and id field (part A; the terminal's part C
+# fields follow): a POS sends what its users type, and everything
+# downstream - the gateway, the push, the terminal's journal and screen -
+# needs a bound. A field over its bound is refused with a ContractError
+# naming it (the POS module before sending, the gateway on receipt).
+MAX_DESCRIPTION = 128  # one line on the checkout screen, and then some
+MAX_ATTACH = 512  # opaque to everyone but the POS
+MAX_ID = 64  # trans_no, message_id, request_no
+MAX_NAME = 32  # merchant_no, store_no, terminal_sn, app names
+MAX_URL = 512
+
+Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION)]
+Attach = Annotated[str, msgspec.Meta(max_length=MAX_ATTACH)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
+Url = Annotated[str, msgspec.Meta(max_length=MAX_URL)]
 TERMINAL_APP = "SADAD POS"  # our answer to message_receiving_application
 
 
@@ -159,20 +176,20 @@ class Wire(msgspec.Struct, kw_only=True):
 class PayOrder(Wire):
     """``wisehub.cloud.pay.order`` request."""
 
-    merchant_no: str
-    terminal_sn: str
+    merchant_no: Name
+    terminal_sn: Name
     merchant_order_no: str
     price_currency: str
     order_amount: Decimal
-    store_no: str | None = None
-    message_receiving_application: str = TERMINAL_APP
+    store_no: Name | None = None
+    message_receiving_application: Name = TERMINAL_APP
     trans_type: TransType = TransType.SALE
     orig_merchant_order_no: str | None = None
     pay_scenario: PayScenario | None = None
     tip_amount: Decimal | None = None
-    description: str | None = None
-    attach: str | None = None
-    notify_url: str | None = None
+    description: Description | None = None
+    attach: Attach | None = None
+    notify_url: Url | None = None
     expires: int = 300
     order_queue_mode: QueueMode = QueueMode.FIFO
     reject_trade_when_terminal_offline: bool = False
@@ -210,10 +227,13 @@ class PayOrderResult(Wire):
 class CloseOrder(Wire):
     """``wisehub.cloud.pay.close`` request."""
 
-    merchant_no: str
-    terminal_sn: str
+    merchant_no: Name
+    terminal_sn: Name
     merchant_order_no: str
-    description: str | None = None
+    description: Description | None = None
+
+    def __post_init__(self) -> None:
+        _check_order_no("merchant_order_no", self.merchant_order_no)
 
 
 class CloseOrderResult(Wire):
@@ -224,11 +244,12 @@ class CloseOrderResult(Wire):
 class OrderQuery(Wire):
     """``order.query`` request: by ``merchant_order_no`` or ``trans_no``."""
 
-    merchant_no: str
+    merchant_no: Name
     merchant_order_no: str | None = None
-    trans_no: str | None = None
+    trans_no: Id | None = None
 
     def __post_init__(self) -> None:
+        _check_order_no("merchant_order_no", self.merchant_order_no)
         if not self.merchant_order_no and not self.trans_no:
             raise _bad("merchant_order_no", "merchant_order_no or trans_no is required")
 
@@ -284,25 +305,29 @@ class Notification(OrderInfo):
 
 
 class PushOrder(Wire):
-    """``biz_data`` of an ``ecrhub.pay.order`` push."""
+    """``biz_data`` of an ``ecrhub.pay.order`` push. Ids are bounded; the
+    ``description`` is not (the terminal shows what fits of any text the
+    gateway relays: ``cloud.redact.display``), but the push as a whole is
+    (``MAX_PUSH_BYTES``)."""
 
-    trans_no: str
-    merchant_no: str
-    terminal_sn: str
+    trans_no: Id
+    merchant_no: Name
+    terminal_sn: Name
     merchant_order_no: str
     price_currency: str
     order_amount: Decimal
     trans_type: TransType
     expires_at: int
-    store_no: str | None = None
+    store_no: Name | None = None
     tip_amount: Decimal | None = None
-    orig_trans_no: str | None = None
+    orig_trans_no: Id | None = None
     pay_scenario: PayScenario | None = None
     description: str | None = None
     confirm_on_terminal: bool = False
     order_queue_mode: QueueMode = QueueMode.FIFO
 
     def __post_init__(self) -> None:
+        _check_order_no("merchant_order_no", self.merchant_order_no)
         _check_currency(self.price_currency)
         _check_amount("order_amount", self.order_amount, self.price_currency, allow_zero=False)
         _check_amount("tip_amount", self.tip_amount, self.price_currency, allow_zero=True)
@@ -319,9 +344,9 @@ class PushOrder(Wire):
 class PushClose(Wire):
     """``biz_data`` of an ``ecrhub.pay.close`` push."""
 
-    trans_no: str
-    merchant_no: str
-    terminal_sn: str
+    trans_no: Id
+    merchant_no: Name
+    terminal_sn: Name
     merchant_order_no: str
     description: str | None = None
 
@@ -330,8 +355,8 @@ class Push(Wire):
     """The push message itself (signed by the gateway key)."""
 
     topic: PushTopic
-    message_id: str
-    app_id: str
+    message_id: Id
+    app_id: Name
     timestamp: str
     version: str
     biz_data: str

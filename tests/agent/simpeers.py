@@ -34,9 +34,10 @@ class SimGateway:
     answers: dict[str, m.CashierResult] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     # Switches a test flips: raise instead of answering, once per entry.
-    fail_next: list[str] = field(default_factory=list)  # "timeout" | "500" | "garbage"
+    fail_next: list[str] = field(default_factory=list)  # "timeout" | "500" | "garbage" | "hang"
     charge_then_fail: bool = False
     decline_code: str | None = None
+    decline_message: str = "declined"
     down: bool = False
     seen_pans: list[str] = field(default_factory=list)
     amounts: list[str] = field(default_factory=list)
@@ -105,12 +106,14 @@ class SimGateway:
             fail = self.fail_next.pop(0) if self.fail_next else None
             if fail == "timeout" and not self.charge_then_fail:
                 raise HttpTimeout("simulated")
+            if fail == "hang":  # never answers, never times out: the engine's deadline must
+                await asyncio.Event().wait()
             if self.decline_code:
                 result = m.CashierResult(
                     trans_no=trans_no,
                     trans_status=m.TransStatus.CLOSED,
                     trans_error_code=self.decline_code,
-                    trans_error_msg="declined",
+                    trans_error_msg=self.decline_message,
                 )
             else:
                 self.charges.append(trans_no)

@@ -77,6 +77,8 @@ def _settings(**over: float) -> EngineSettings:
         resolve_deadline=over.get("resolve_deadline", 0.3),
         retry_base=over.get("retry_base", 0.01),
         retry_cap=over.get("retry_cap", 0.05),
+        authorize_deadline=over.get("authorize_deadline", 40.0),
+        stall_after=over.get("stall_after", 120.0),
     )
 
 

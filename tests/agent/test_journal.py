@@ -112,13 +112,19 @@ def test_final_never_regresses(journal: Journal) -> None:
     assert row.final
 
 
-def test_card_data_refused(journal: Journal) -> None:
+def test_card_data_refused_in_card_fields_masked_in_reasons(journal: Journal) -> None:
     journal.record_order("m1", _order())
     with pytest.raises(JournalError, match="card data"):
         journal.set_phase("TR1", Phase.AUTHORIZING, masked_pan="4761739001010010")
-    with pytest.raises(JournalError, match="card data"):
-        journal.finish("TR1", Phase.DECLINED, reason="card 4761739001010010 declined")
     journal.set_phase("TR1", Phase.AUTHORIZING, masked_pan="476173******0010")
+    # A gateway's decline message is text from outside: kept, its digits masked.
+    assert journal.finish("TR1", Phase.DECLINED, reason="card 4761739001010010 declined")
+    row = journal.get("TR1")
+    assert row is not None
+    assert row.reason == "card 476173******0010 declined"
+    journal.enqueue_event("failed", "m1", "TR1", "card 5413330089010434567 declined")
+    (event,) = journal.pending_events()
+    assert event.reason == "card 541333*********4567 declined"
 
 
 def test_attempt_and_reverse_bookkeeping(journal: Journal) -> None:

@@ -48,6 +48,13 @@ def order(**over: Any) -> dict[str, Any]:
         ({"merchant_no": 5}, "$.merchant_no"),
         ({"confirm_on_terminal": "yes"}, "$.confirm_on_terminal"),
         ({"tip_amount": Decimal("0.001")}, "$.tip_amount"),
+        # Every free-text and id field is bounded (docs/protocol.md part A).
+        ({"description": "d" * (m.MAX_DESCRIPTION + 1)}, "$.description"),
+        ({"attach": "a" * (m.MAX_ATTACH + 1)}, "$.attach"),
+        ({"store_no": "s" * (m.MAX_NAME + 1)}, "$.store_no"),
+        ({"merchant_no": "m" * (m.MAX_NAME + 1)}, "$.merchant_no"),
+        ({"terminal_sn": ""}, "$.terminal_sn"),
+        ({"notify_url": "http://x/" + "u" * m.MAX_URL}, "$.notify_url"),
     ],
 )
 def test_pay_order_rejects_and_names_field(over: dict[str, Any], field: str) -> None:
@@ -229,3 +236,12 @@ def test_masked_pan_must_be_masked() -> None:
         )
     assert info.value.field == "$.masked_pan"
     assert "4761739001010010" not in str(info.value)
+
+
+def test_fields_at_their_bound_are_taken() -> None:
+    body = order(
+        description="ا" * m.MAX_DESCRIPTION,  # characters, not bytes
+        attach="a" * m.MAX_ATTACH,
+        store_no="s" * m.MAX_NAME,
+    )
+    assert m.decode(body, m.PayOrder).description == "ا" * m.MAX_DESCRIPTION

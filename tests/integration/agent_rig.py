@@ -314,17 +314,26 @@ class Terminal:
     # ------------------------------------------------------------ the agent process
 
     def start_agent(
-        self, *, watch: bool = True, crash_at: str | None = None, ready: bool = True
+        self,
+        *,
+        watch: bool = True,
+        crash_at: str | None = None,
+        fail_at: str | None = None,
+        ready: bool = True,
     ) -> None:
         """Run the agent until it says ready (``ready=False``: just start it);
         ``crash_at`` makes it SIGKILL itself at that step
-        (``agent.engine._crash_point``)."""
+        (``agent.engine._crash_point``), ``fail_at`` raise there once
+        (``agent.engine._fail_point``)."""
         said_ready = f"agent {self.sn} ready ("
         before = self.log_text().count(said_ready)
         env = dict(os.environ, **unit_environment())
         env.pop("SADAD_AGENT_CRASH_AT", None)
+        env.pop("SADAD_AGENT_FAIL_AT", None)
         if crash_at:
             env["SADAD_AGENT_CRASH_AT"] = crash_at
+        if fail_at:
+            env["SADAD_AGENT_FAIL_AT"] = fail_at
         with self.log_path.open("ab") as log:
             self.agent = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],

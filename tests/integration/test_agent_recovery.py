@@ -173,6 +173,57 @@ def test_crash_point(term: Terminal, step: str, phase: str) -> None:
     term.assert_all_settled()
 
 
+def test_close_acknowledged_then_lost_in_a_crash_is_applied(term: Terminal) -> None:
+    """The POS closes an order on screen; the agent journals the close and is
+    killed before applying it. The broker delivers the close again, which is
+    known by then: the restart applies the journaled close all the same."""
+    term.kill_agent()
+    term.start_agent(crash_at="close_journaled")
+    order = term.push("13.10")
+    term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
+    term.pos.close_order(order.merchant_order_no)
+    assert term.wait_agent_died() == -9
+    assert "crash point close_journaled: SIGKILL" in term.log_text()
+    assert term.journal_phase(order.trans_no) != "CLOSED"
+
+    term.start_agent()
+    done = term.settled(order, timeout=40)
+    assert done.phase == "CLOSED"
+    assert done.info.trans_status is TransStatus.CLOSED
+    term.assert_all_settled()
+
+
+@pytest.mark.parametrize(
+    ("step", "phase"),
+    [
+        ("awaiting_payment", "CANCELLED"),
+        ("payment_journaled", "CANCELLED"),
+        ("answered", "APPROVED"),
+    ],
+)
+def test_fail_point(term: Terminal, step: str, phase: str) -> None:
+    """An exception (the agent's own fail point) in a state callback: the order
+    ends as recovery would settle it - at the gateway too - and the next order
+    is paid, without a restart."""
+    term.kill_agent()
+    term.start_agent(fail_at=step)
+    order = term.push("13.20")
+    if step != "awaiting_payment":
+        term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
+        term.present("nfc", "present visa", order)
+    done = term.settled(order, timeout=40)
+    assert done.phase == phase
+    assert f"fail point {step}: raising" in term.log_text()
+    term.wait_idle(timeout=30)
+    after = term.push("13.30")
+    term.screens.wait_screen("WAITING_FOR_CARD", after.trans_no)
+    term.present("nfc", "present visa", after)
+    assert term.settled(after).phase == "APPROVED"
+    assert term.agent is not None
+    assert term.agent.poll() is None
+    term.assert_all_settled()
+
+
 # ---------------------------------------------------------------- SIGTERM mid-payment
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from cloud import envelope, sealing, wirejson
 from cloud.messages import (
+    MAX_DESCRIPTION,
     CashierResult,
     CloseOrderResult,
     EventKind,
@@ -368,3 +369,16 @@ def test_provision_writes_agent_toml_pointing_at_existing_keys(sandbox: SandboxH
     # and its cipher can be opened with the gateway key only
     sealed = sealing.seal({"pan": "1"}, gateway)
     assert sealing.open(sealed, (sandbox.data_dir / "keys/gateway_private.pem").read_text())
+
+
+def test_long_fields_are_refused_with_the_field_named(sandbox: SandboxHandle) -> None:
+    """The gateway refuses an order whose free text is over its bound, naming
+    the field, before anything is created or pushed."""
+    fields = order_fields("T0001", description="d" * (MAX_DESCRIPTION + 1))
+    refused = sandbox.answer(sandbox.pos_call(Method.PAY_ORDER, fields))
+    assert refused["code"] != "0"
+    assert "$.description" in refused["msg"]
+    assert (
+        sandbox.query("SELECT * FROM orders WHERE merchant_order_no=?", fields["merchant_order_no"])
+        == []
+    )
