@@ -57,6 +57,7 @@ from agent.bridge_protocol import (
     StateEvent,
     encode_line,
 )
+from agent.unix_path import unix_address
 
 __all__ = ["BridgeServer", "intent_client"]
 
@@ -246,17 +247,21 @@ class BridgeServer:
         """Bind and listen.
 
         Raises ``BridgeError`` if another process is listening on ``path``,
-        if ``path`` exists and is not a socket, or if it is too long for a
-        Unix socket; ``OSError`` if the directory is missing or not writable.
+        if ``path`` exists and is not a socket, or if its file name alone is
+        too long for a Unix socket (a long directory is fine:
+        ``agent.unix_path``); ``OSError`` if the directory is missing or not
+        writable.
         """
         if self._server is not None:
             raise BridgeError("bridge server already started")
-        if len(os.fsencode(self.path)) > 107:
-            raise BridgeError(f"socket path too long for a Unix socket: {self.path}")
         await self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self.path)
+            try:
+                with unix_address(self.path) as address:
+                    sock.bind(address)
+            except ValueError as exc:
+                raise BridgeError(str(exc)) from exc
             # Before listen() every connect is refused, so tightening the
             # mode here leaves no window whatever the umask.
             os.chmod(self.path, self.mode)
@@ -280,7 +285,8 @@ class BridgeServer:
         if not stat.S_ISSOCK(st.st_mode):
             raise BridgeError(f"{self.path} exists and is not a socket; not removing it")
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path), 2.0)
+            with unix_address(self.path) as address:
+                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(address), 2.0)
         except (ConnectionRefusedError, FileNotFoundError):
             log.info("bridge: removing stale socket %s", self.path)
             with contextlib.suppress(FileNotFoundError):

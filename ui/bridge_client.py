@@ -58,6 +58,7 @@ from agent.bridge_protocol import (
     encode_line,
     intent_from_args,
 )
+from agent.unix_path import unix_address
 
 __all__ = [
     "AgentLost",
@@ -88,23 +89,26 @@ async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """
     try:
         async with asyncio.timeout(_CONNECT_TIMEOUT):
-            return await asyncio.open_unix_connection(path)
+            with unix_address(path) as address:  # a path of any length
+                return await asyncio.open_unix_connection(address)
+    # What went wrong first, the path last: the screen shows these in a
+    # narrow box, where a long path must not push the reason off it.
     except FileNotFoundError as exc:
-        raise AgentUnavailable(f"agent socket {path} not found: is sadad-agent running?") from exc
+        raise AgentUnavailable(f"agent socket not found (is sadad-agent running?): {path}") from exc
     except PermissionError as exc:
         raise AgentUnavailable(
-            f"permission denied on {path}: run as root or as a member of the agent's group"
+            f"permission denied (run as root or in the agent's group): {path}"
         ) from exc
     except ConnectionRefusedError as exc:
         raise AgentUnavailable(
-            f"nothing is listening on {path}: sadad-agent is not running (stale socket)"
+            f"nothing is listening (sadad-agent is not running; stale socket): {path}"
         ) from exc
     except TimeoutError as exc:
         raise AgentUnavailable(
-            f"connecting to {path} timed out: the agent is not answering"
+            f"connecting timed out (the agent is not answering): {path}"
         ) from exc
-    except OSError as exc:
-        raise AgentUnavailable(f"cannot connect to {path}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise AgentUnavailable(f"cannot connect ({exc}): {path}") from exc
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:

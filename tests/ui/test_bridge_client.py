@@ -251,8 +251,23 @@ async def test_query_status(agent: SimAgent, sock_path: str) -> None:
 
 
 async def test_query_status_missing_socket(sock_path: str) -> None:
-    with pytest.raises(AgentUnavailable, match=r"not found: is sadad-agent running\?"):
+    with pytest.raises(AgentUnavailable, match=r"not found \(is sadad-agent running\?\)"):
         await query_status(sock_path, timeout=1)
+
+
+async def test_a_socket_under_a_long_directory_is_reached(tmp_path: Path) -> None:
+    """A sockaddr_un holds 107 bytes: a socket deeper than that is bound and
+    reached through its directory's descriptor (agent.unix_path)."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = str(deep / "agent.sock")
+    assert len(path) > 107
+    sim = SimAgent(path)
+    await sim.server.start()
+    try:
+        assert await query_status(path, timeout=5) == {"sn": "SN-1", "intent": "StatusIntent"}
+    finally:
+        await sim.server.close()
 
 
 async def test_query_status_stale_socket(sock_path: str) -> None:
