@@ -174,7 +174,9 @@ def _check_port(port: str) -> None:
             )
     elif not port.startswith("/"):
         raise ReaderSpecError(
-            f"port {port!r} must be an absolute device path (/dev/ttyUSB0) or a URL"
+            f"port {port!r} must be an absolute device path (/dev/ttyUSB0) or a URL; "
+            "a relative path would depend on the agent's working directory: write it "
+            "in full from / (sadad-sandbox provision does that for you)"
         )
 
 

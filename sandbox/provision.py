@@ -111,8 +111,19 @@ def parse_readers(specs: list[str]) -> dict[str, str]:
             raise ProvisionError(
                 f"--reader must be NAME=SPEC (e.g. nfc=pn532:/dev/ttyUSB0): {spec!r}"
             )
-        out[name] = value.strip()
+        out[name] = _absolute_port(value.strip())
     return out
+
+
+def _absolute_port(spec: str) -> str:
+    """``KIND:PORT[;...]`` with a relative device path made absolute (against
+    the current directory): the agent runs from elsewhere and refuses a
+    relative port. URLs and absolute paths are kept."""
+    kind, sep, rest = spec.partition(":")
+    port, semi, options = rest.partition(";")
+    if not sep or not port or port.startswith("/") or "://" in port:
+        return spec
+    return f"{kind}:{Path(port).absolute()}{semi}{options}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -363,8 +363,9 @@ BAD: list[tuple[str, str, str]] = [
     (
         "bad reader port",
         edit('nfc = "pn532:/dev/sadad-nfc"', 'nfc = "pn532:ttyUSB0"'),
-        "readers.nfc: port 'ttyUSB0' must be an absolute device path (/dev/ttyUSB0) or a URL, "
-        'got "pn532:ttyUSB0"',
+        "readers.nfc: port 'ttyUSB0' must be an absolute device path (/dev/ttyUSB0) or a URL; "
+        "a relative path would depend on the agent's working directory: write it in full "
+        'from / (sadad-sandbox provision does that for you), got "pn532:ttyUSB0"',
     ),
     (
         "reader spec not a string",

@@ -82,3 +82,21 @@ def test_parse_readers() -> None:
     for bad in ("nfc", "=x", "nfc=", "a b=c"):
         with pytest.raises(ProvisionError):
             parse_readers([bad])
+
+
+def test_reader_ports_are_written_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent refuses a relative port (it runs from elsewhere): provision
+    writes what it was given relative to where it ran, from /."""
+    monkeypatch.chdir(tmp_path)
+    readers = parse_readers(
+        [
+            "nfc=pn532:demo-data/nfc.tty",
+            "qr=scanner:/dev/ttyACM0;model=honeywell",
+            "u=pn532:socket://h:1",
+        ]
+    )
+    assert readers == {
+        "nfc": f"pn532:{tmp_path}/demo-data/nfc.tty",
+        "qr": "scanner:/dev/ttyACM0;model=honeywell",
+        "u": "pn532:socket://h:1",
+    }
