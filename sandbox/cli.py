@@ -1,7 +1,8 @@
 """``sadad-sandbox``: the local SadadSystem + SadadTMS (docs/protocol.md parts A-D).
 
 ``sadad-sandbox serve --data DIR [--host 127.0.0.1] [--port N] [--mqtt URL |
---start-broker] [--time-scale F] [--hang-seconds S]`` prepares DIR (keys,
+--start-broker] [--time-scale F] [--hang-seconds S] [--simulated-terminal SN ...]
+[--background]`` prepares DIR (keys,
 merchant ``M0001`` with POS app ``pos-sandbox``, ``DIR/pos.toml``), binds the
 HTTP port, starts the app under uvicorn on one asyncio loop and then prints
 exactly one JSON line to stdout::
@@ -10,8 +11,14 @@ exactly one JSON line to stdout::
      "pos_config": DIR/pos.toml}
 
 Logs go to stderr. SIGTERM / SIGINT / SIGHUP stop it cleanly, and the broker it
-started. ``--port 0`` picks a free port; without ``--port`` the last serve's
-port is reused when free. Without ``--mqtt`` it starts its own Mosquitto
+started. ``--simulated-terminal SN`` (repeatable) provisions terminal SN and
+runs the real agent for it with simulated readers that pay by themselves
+(``sandbox.simulated``), started and stopped with the sandbox; the JSON line
+comes once they are online. ``--background`` returns once the sandbox is
+ready (the JSON line printed), leaving it running with its log in
+``DIR/sandbox.log``; ``sadad-sandbox stop --data DIR`` stops it.
+``--port 0`` picks a free port; without ``--port`` the last serve's port is
+reused when free. Without ``--mqtt`` it starts its own Mosquitto
 (``--start-broker``), on the last serve's broker port when free.
 
 ``sadad-sandbox provision --data DIR --terminal SN [--reader NAME=SPEC ...]
@@ -35,11 +42,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import sha1
 from pathlib import Path
@@ -60,12 +69,15 @@ from sandbox.provision import (
     provision_terminal,
     write_pos_config,
 )
+from sandbox.simulated import SimulatedTerminal
 from sandbox.store import Store
 
 if TYPE_CHECKING:
     import uvicorn
 
 log = logging.getLogger("sandbox")
+
+READY_TIMEOUT = 30.0
 
 
 def _positive(text: str) -> float:
@@ -114,7 +126,23 @@ def _parser() -> argparse.ArgumentParser:
         help="how late a late-create fault answers, not scaled (default 12: past the "
         "POS module's 10 s timeout)",
     )
+    serve.add_argument(
+        "--simulated-terminal",
+        action="append",
+        default=[],
+        metavar="SN",
+        help="also run terminal SN (the real agent, simulated readers that pay by themselves); "
+        "repeatable",
+    )
+    serve.add_argument(
+        "--background",
+        action="store_true",
+        help="return once ready, leaving the sandbox running (stop it with `stop`)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    stop = sub.add_parser("stop", help="stop a sandbox started with serve --background")
+    stop.add_argument("--data", required=True, type=Path, help="data directory")
 
     prov = sub.add_parser("provision", help="register a terminal and write its agent.toml")
     prov.add_argument("--data", required=True, type=Path, help="data directory")
@@ -158,7 +186,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _provision(args)
     if args.command == "fault":
         return _fault(args)
+    if args.command == "stop":
+        return _stop_background(args.data)
+    if args.background:
+        return _serve_in_background(args, list(sys.argv[1:] if argv is None else argv))
     return _serve(args)
+
+
+PID_FILE = "sandbox.pid"
+
+
+def _serve_in_background(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``serve`` without ``--background`` as a process of its own session,
+    wait for its JSON line (it comes once everything is ready), print it and
+    return; the sandbox goes on, logging to DIR/sandbox.log."""
+    data = Path(args.data).absolute()
+    data.mkdir(parents=True, exist_ok=True)
+    child_argv = [a for a in argv if a != "--background"]
+    with (data / "sandbox.log").open("ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.cli", *child_argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+    assert child.stdout is not None
+    line = child.stdout.readline()  # the announce line, or EOF if it failed
+    if not line:
+        code = child.wait()
+        print(
+            f"sadad-sandbox serve: failed (exit {code}); see {data / 'sandbox.log'}",
+            file=sys.stderr,
+        )
+        return code or 2
+    (data / PID_FILE).write_text(f"{child.pid}\n")
+    sys.stdout.write(line.decode())
+    sys.stdout.flush()
+    return 0
+
+
+def _stop_background(data: Path) -> int:
+    pid_file = Path(data) / PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        print(
+            f"sadad-sandbox stop: no sandbox started with --background in {data}", file=sys.stderr
+        )
+        return 2
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pid_file.unlink(missing_ok=True)
+            return 0
+        time.sleep(0.1)
+    print(f"sadad-sandbox stop: {pid} did not stop within 30 s", file=sys.stderr)
+    return 1
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -260,6 +351,7 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
     store = Store(layout.db_path)
     broker: MosquittoBroker | None = None
     sock: socket.socket | None = None
+    terminals: list[SimulatedTerminal] = []
     try:
         if args.mqtt:
             try:
@@ -304,6 +396,14 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
             tms_client_id="sadad-tms-" + sha1(str(layout.root).encode()).hexdigest()[:12],  # noqa: S324
         )
         gw = Gateway(settings, keys, store)
+        for sn in args.simulated_terminal:
+            terminal = SimulatedTerminal(layout, sn)
+            terminals.append(terminal)
+            try:
+                terminal.start()
+            except (RuntimeError, ProvisionError) as exc:
+                print(f"sadad-sandbox serve: simulated terminal {sn}: {exc}", file=sys.stderr)
+                return 2
         config = uvicorn.Config(
             build_app(gw),
             log_config=None,
@@ -321,10 +421,13 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
             "data": str(layout.root),
             "pos_config": str(layout.pos_config),
         }
-        asyncio.run(_run(server, sock, announce))
+        online = [t.sn for t in terminals]
+        asyncio.run(_run(server, sock, announce, lambda: all(map(store.terminal_online, online))))
         log.info("sandbox stopped")
         return 0
     finally:
+        for terminal in terminals:
+            terminal.stop()
         if sock is not None:
             sock.close()
         store.close()
@@ -332,13 +435,25 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
             broker.stop()
 
 
-async def _run(server: uvicorn.Server, sock: socket.socket, announce: dict[str, str]) -> None:
+async def _run(
+    server: uvicorn.Server,
+    sock: socket.socket,
+    announce: dict[str, str],
+    ready: Callable[[], bool],
+) -> None:
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    deadline = time.monotonic() + READY_TIMEOUT
+    # Ready: serving, and every simulated terminal online (its retained status
+    # reached the TMS), so an order pushed next is delivered at once.
+    while not (server.started and (ready() or time.monotonic() > deadline)):
         if task.done():
             await task  # startup failed: raise its error
             return
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+    if not ready():
+        log.warning(
+            "simulated terminals not online after %.0f s; see their agent.log", READY_TIMEOUT
+        )
     print(json.dumps(announce), flush=True)
     log.info("sandbox ready: %s", announce)
     await task
