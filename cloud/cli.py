@@ -10,6 +10,13 @@ on ``cloud.pos.AsyncPosClient`` and the config in ``pos.toml``
     sadad-pos terminal SN
     sadad-pos listen [--host 127.0.0.1] [--port 8090]
 
+``listen`` (and ``push --wait``'s own receiver) takes a notification only
+when it is about an order this POS created (docs/protocol.md part B: its
+merchant, app, ``trans_no``, amount and currency; ``cloud.order_store``):
+it answers anything else HTTP 400 and says why on stderr. ``listen`` sees
+the orders ``push`` created through the config's ``order_store`` file
+(the sandbox's ``pos.toml`` names one); without one it can bind nothing.
+
 Against the sandbox, ``query`` also prints the terminal's timeline of the
 payment (``cloud.timeline``) and why a waiting order waits, and ``terminal``
 shows a terminal's live state: these use sandbox-only extensions.
@@ -54,6 +61,7 @@ from cloud.errors import (
     CloudUnavailable,
     ConfigError,
     ContractError,
+    NotOurOrder,
     TerminalBusy,
     TerminalOffline,
     WaitTimeout,
@@ -622,6 +630,10 @@ async def _cmd_listen(args: argparse.Namespace, output: _Output) -> int:
         def handle(body: bytes) -> tuple[int, str]:
             try:
                 note, new = client.accept_notification(body)
+            except NotOurOrder as exc:
+                # Genuine, but another merchant's, app's or order's result.
+                print(f"refused notification: not our order: {exc}", file=output.err, flush=True)
+                return 400, f"not our order: {exc}"
             except ContractError as exc:
                 print(f"rejected notification: {exc}", file=output.err, flush=True)
                 return 400, f"invalid notification: {exc}"
@@ -648,6 +660,16 @@ async def _cmd_listen(args: argparse.Namespace, output: _Output) -> int:
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
         try:
+            if config.order_store is None:
+                # This process creates no order, so its memory holds none:
+                # every notification would be refused.
+                print(
+                    "warning: no order_store in the config: notifications cannot be bound to "
+                    "the orders `sadad-pos push` created and will all be refused (HTTP 400); "
+                    'add order_store = "pos-orders.db" to it',
+                    file=output.err,
+                    flush=True,
+                )
             print(f"listening on {server.url} (Ctrl-C to stop)", file=output.err, flush=True)
             await stop.wait()
         finally:

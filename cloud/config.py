@@ -9,6 +9,13 @@ Format::
     gateway_public_key_file = "keys/gateway_public.pem"
     default_currency = "QAR"                         # optional, default QAR
     # optional: notify_url = "https://pos.example/notify", timeout = 10.0, store_no = "S1"
+    order_store = "pos-orders.db"                    # optional, relative to this file
+
+``order_store`` names the SQLite file where ``cloud.pos`` records each order
+it creates, to bind notifications and query answers to it (docs/protocol.md
+part B); every instance of a POS server (and ``sadad-pos push`` and
+``listen``) given the same file sees the same orders. Without it they are
+kept in the process's memory.
 
 Keys may be PEM or the bare base64 DER text of the gateway portal
 (docs/protocol.md "Common envelope"). Every problem is a ``ConfigError`` naming
@@ -197,6 +204,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PosConfig:
         order_store = Path(_string(where, raw, "order_store")).expanduser()
         if not order_store.is_absolute():
             order_store = (base / order_store).absolute()
+        if order_store.is_dir():
+            raise ConfigError(where, "order_store", f"{order_store} is a directory", "a file path")
     private_pem = _key_file(where, base, raw, "private_key_file")
     public_pem = _key_file(where, base, raw, "gateway_public_key_file")
     try:

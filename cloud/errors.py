@@ -137,4 +137,21 @@ class NotOurOrder(ContractError):
     the order it would settle: another merchant's or app's, another
     ``trans_no`` than the create returned, another amount or currency, or an
     order this POS has no record of (docs/protocol.md part B). A webhook
-    answers it HTTP 400; it never becomes the order's result."""
+    answers it HTTP 400; it never becomes the order's result.
+
+    ``field`` is the wire field that differs (``$.merchant_no``); ``expected``
+    and ``got`` its two values as shown in the message (None when the order
+    has no record at all).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        *,
+        expected: str | None = None,
+        got: str | None = None,
+    ) -> None:
+        super().__init__(message, field)
+        self.expected = expected
+        self.got = got

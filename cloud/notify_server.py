@@ -22,7 +22,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Self
 
-from cloud.errors import ContractError
+from cloud.errors import ContractError, NotOurOrder
 
 log = logging.getLogger("cloud.notify_server")
 
@@ -37,11 +37,17 @@ def notification_handler(
     accept: Callable[[bytes], object],
 ) -> Handler:
     """A handler that answers 200 ``success`` when ``accept(body)`` returns and
-    400 when it raises ContractError (bad or missing signature, bad fields)."""
+    400 when it raises ContractError: a bad or missing signature, bad fields,
+    or (NotOurOrder) a genuine notification about another merchant's, app's
+    or order's payment (docs/protocol.md part B). Each refusal is logged.
+    Anything else ``accept`` raises becomes a 500 (the gateway retries)."""
 
     def handle(body: bytes) -> tuple[int, str]:
         try:
             accept(body)
+        except NotOurOrder as exc:
+            log.warning("refused notification: not our order: %s", exc)
+            return 400, f"not our order: {exc}"
         except ContractError as exc:
             log.warning("rejected notification: %s", exc)
             return 400, f"invalid notification: {exc}"

@@ -33,11 +33,15 @@ order only when it names this client's ``merchant_no`` and ``app_id``, the
 ``trans_no`` the create returned for that ``merchant_order_no``, and the
 order's amount and currency (``cloud.order_store.check``). The expectation
 is recorded by ``push_order`` in an order store - in memory, or the SQLite
-file ``config.order_store`` that every instance of a POS server shares - or
+file ``config.order_store`` that every instance of a POS server shares, as
+a notification may reach an instance that did not create the order - or
 handed in by the caller (``expected=``). ``accept_notification`` refuses
 anything else with ``NotOurOrder`` (HTTP 400 for a webhook), an order it has
-no record of included; a query answer about another order is no answer
-(``CloudUnavailable``) and is never recorded.
+no record of included (it cannot be bound; polling still settles it). A
+query answer about another order, merchant or app is no answer
+(``CloudUnavailable``, retried) and is never recorded; for an order with no
+record (created elsewhere) a query answer must still name this merchant and
+app and the order or ``trans_no`` asked for.
 
 Per-order state: every ``OrderInfo`` seen (bound query answers and verified,
 bound notifications) updates the order's state. The first final status (1, 2, 3)
@@ -137,7 +141,8 @@ class AsyncPosClient:
     are the backoff schedules, ``rng`` their jitter source, ``clock`` the
     time source and sleep (tests inject fakes). ``order_store`` holds what
     each created order must look like (default: ``config.order_store``'s
-    SQLite file if set, else memory).
+    SQLite file if set, else memory). Raises ConfigError when the config's
+    order store cannot be opened.
     """
 
     def __init__(
@@ -347,28 +352,42 @@ class AsyncPosClient:
         result = await self._with_retries(
             self._create_attempts, once, f"create {order.merchant_order_no}"
         )
-        self.order_store.remember(
-            ExpectedOrder(
-                merchant_order_no=order.merchant_order_no,
-                trans_no=result.trans_no,
-                order_amount=order.order_amount,
-                price_currency=order.price_currency,
-            )
+        expected = ExpectedOrder(
+            merchant_order_no=order.merchant_order_no,
+            trans_no=result.trans_no,
+            order_amount=order.order_amount,
+            price_currency=order.price_currency,
         )
+        try:
+            self.order_store.remember(expected)
+        except Exception:
+            # The order exists at the gateway whatever the store says: raising
+            # would hide its trans_no from the caller. Unrecorded, its
+            # notifications are refused (never misattributed) and polling,
+            # which this client binds by the merchant, app and order number,
+            # still settles it.
+            log.exception(
+                "order %s (trans_no %s) created, but the order store failed to record it: "
+                "its notifications will be refused; polling still settles it",
+                order.merchant_order_no,
+                result.trans_no,
+            )
         state = self._state(order.merchant_order_no)
         state.terminal_sn = order.terminal_sn
         state.trans_no = result.trans_no
         return result
 
     def _bind(self, info: OrderInfo, expected: ExpectedOrder | None = None) -> None:
-        """Raises NotOurOrder unless ``info`` is about the expected order (the
-        one given, else the store's; with none, only the merchant and app)."""
-        expected = expected or self.order_store.expected(info.merchant_order_no)
+        """Raises NotOurOrder unless ``info`` is about the expected order: the
+        one given, else the order store's; with neither there is nothing to
+        bind it to, and it is refused too."""
+        if expected is None:
+            expected = self.order_store.expected(info.merchant_order_no)
         if expected is None:
             raise NotOurOrder(
-                f"no record of order {info.merchant_order_no!r} (trans_no {info.trans_no}): "
-                "a result cannot be bound to it; create orders through this client or "
-                "share its order store",
+                f"no record of order {info.merchant_order_no!r} (trans_no {info.trans_no!r}): "
+                "a result cannot be bound to it; create orders through this client, share "
+                "its order store (pos.toml order_store) or pass expected=",
                 "$.merchant_order_no",
             )
         check(info, expected, merchant_no=self.config.merchant_no, app_id=self.config.app_id)
@@ -387,6 +406,8 @@ class AsyncPosClient:
         info = await self._send(
             Method.ORDER_QUERY, self._body(Method.ORDER_QUERY, query), OrderInfo
         )
+        # An answer counts only for the question it answers (DESIGN.md): the
+        # order asked for, and then the order as its create left it.
         asked = (merchant_order_no is None or info.merchant_order_no == merchant_order_no) and (
             trans_no is None or info.trans_no == trans_no
         )
@@ -397,9 +418,17 @@ class AsyncPosClient:
                     f"{info.merchant_order_no} ({info.trans_no})"
                 )
             expected = self.order_store.expected(info.merchant_order_no)
-            if expected is None:  # not created here: the merchant and app at least
+            if expected is None:
+                # Not created through this store (``sadad-pos query`` of any
+                # order, another instance with its own memory): the merchant,
+                # the app, the order asked for and the trans_no this client
+                # already holds for it, if any, are all there is to check.
+                known = self._orders.get(info.merchant_order_no)
                 expected = ExpectedOrder(
-                    info.merchant_order_no, info.trans_no, info.order_amount, info.price_currency
+                    info.merchant_order_no,
+                    (known.trans_no if known is not None else None) or info.trans_no,
+                    info.order_amount,
+                    info.price_currency,
                 )
             self._bind(info, expected)
         except NotOurOrder as exc:
@@ -595,7 +624,9 @@ class AsyncPosClient:
         the same ``trans_no`` + ``trans_status``. Recording it wakes
         ``wait_for_final`` for that order. Not thread-safe: call it on the
         client's event loop (``PosClient`` does that for you).
-        Raises SignatureError, NotOurOrder, ContractError.
+        Raises SignatureError, NotOurOrder, ContractError; and what the order
+        store raises when it cannot be read (e.g. sqlite3.Error: answer 500,
+        the gateway retries).
         """
         note = self.verify_notification(body)
         try:
@@ -645,8 +676,10 @@ class PosClient:
 
     Runs the async client on a private event loop in a daemon thread; every
     call is marshalled onto it, so calls from several threads are safe.
-    Use as a context manager or call ``close()``. Each method raises what
-    its ``AsyncPosClient`` counterpart raises.
+    Use as a context manager or call ``close()``. ``options`` are
+    ``AsyncPosClient``'s (``order_store=``, ``transport=`` ...); each method
+    raises what its ``AsyncPosClient`` counterpart raises, the constructor
+    too (ConfigError: the config's order store cannot be opened).
     """
 
     def __init__(
@@ -666,11 +699,26 @@ class PosClient:
         async def make() -> AsyncPosClient:
             return AsyncPosClient(config, http=http, **options)
 
-        self._async = self._run(make())
+        try:
+            self._async = self._run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _stop_loop(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
     @property
     def config(self) -> PosConfig:
         return self._async.config
+
+    @property
+    def order_store(self) -> OrderStore:
+        """The ``AsyncPosClient.order_store`` (thread-safe stores only)."""
+        return self._async.order_store
 
     def _run(self, coro: Coroutine[Any, Any, R]) -> R:
         if self._closed:
@@ -694,10 +742,7 @@ class PosClient:
         if self._closed:
             return
         self._run(self._async.aclose())
-        self._closed = True
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._stop_loop()
 
     def push_order(self, order: PayOrder | None = None, /, **fields: Any) -> PayOrderResult:
         """See ``AsyncPosClient.push_order``."""

@@ -9,6 +9,12 @@ timeout, and counts a delivery as done only on HTTP 200 with the body exactly
 ``success``. A failed attempt is retried after the next wait of
 ``SCHEDULE_S`` times ``time_scale``; after 15 attempts it gives up.
 Attempts are recorded in the store, so a restart resumes where it stopped.
+
+Every notification names the order's ``merchant_no`` and ``app_id`` (the
+POS app of the merchant that created it): the gateway signs every
+merchant's notifications with one key, so these are what a POS server binds
+one to its own order by (part B). A snapshot queued by an older sandbox,
+without them, gets them from the order and its merchant when sent.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import logging
 
 import httpx
+import msgspec
 
 from cloud import envelope, wirejson
 from cloud.messages import OrderInfo, decode
@@ -91,13 +98,24 @@ class Notifier:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
+    def _named(self, info: OrderInfo) -> OrderInfo:
+        """``info`` naming its merchant and app (filled in for old snapshots)."""
+        if info.merchant_no is not None and info.app_id is not None:
+            return info
+        order = self._store.order(info.trans_no)
+        merchant_no = info.merchant_no or (order.merchant_no if order is not None else None)
+        app_id = info.app_id or (
+            self._store.merchant_app_id(merchant_no) if merchant_no is not None else None
+        )
+        return msgspec.structs.replace(info, merchant_no=merchant_no, app_id=app_id)
+
     async def _deliver(self, client: httpx.AsyncClient, item: PendingNotification) -> None:
         attempt = item.attempts + 1
         status: int | None = None
         error: str | None = None
         ok = False
         try:
-            info = decode(wirejson.loads(item.info), OrderInfo)
+            info = self._named(decode(wirejson.loads(item.info), OrderInfo))
             now = envelope.now_ms()
             body = envelope.build_notification(
                 info, self._key, notify_id=item.notify_id, notify_time=wire_time(now)

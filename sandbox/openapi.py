@@ -15,8 +15,11 @@ a signed failure) / ``ContractError`` (answered as 40001 invalid parameter).
 - ``wisehub.cloud.pay.close``: only in status 9 -> status 1 with
   ``trans_error_code`` ``CLOSED`` and a close push; repeating it returns the
   first answer; in any other status fails with 40902 (void or refund instead).
-- ``order.query``: by ``merchant_order_no`` or ``trans_no``; the result is
-  ``messages.OrderInfo`` plus the sandbox-only ``terminal_timeline`` (JSON
+- ``order.query``: by ``merchant_order_no`` or ``trans_no`` (only the
+  calling merchant's orders); the result is ``messages.OrderInfo`` naming the
+  order's ``merchant_no`` and ``app_id`` (its merchant's POS app, the one that
+  created it), which a POS server binds the answer to its order by (part B),
+  plus the sandbox-only ``terminal_timeline`` (JSON
   text of the terminal's events for the order, with their ``hops``),
   ``terminal_online_status`` and ``terminal_state`` (the terminal's last
   retained status as JSON text: screen, readers, queue, keepalive).

@@ -266,6 +266,49 @@ def test_push_wait_returns_on_notification(run: Runner, peer: GatewayPeer) -> No
     assert peer.calls_of(Method.ORDER_QUERY) == []  # woken by the notification
 
 
+def test_push_wait_refuses_another_merchants_notification(run: Runner, peer: GatewayPeer) -> None:
+    """``push --wait``'s receiver binds like ``listen``: merchant B's genuine
+    notification for the same order number (1.00, another trans_no) gets a
+    400 and does not end the wait; ours, next, does."""
+    answers: list[tuple[int, str]] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        response = peer.handler(request)
+        call = peer.calls[-1]
+        if call.method == Method.PAY_ORDER:
+            ours = peer.set_status(call.fields["merchant_order_no"], TransStatus.COMPLETED)
+            theirs = peer.info(
+                ours.merchant_order_no,
+                TransStatus.COMPLETED,
+                merchant_no="M0002",
+                app_id="pos-b",
+                trans_no="TNB00001",
+                order_amount="1.00",
+                trans_amount="1.00",
+            )
+            url = call.fields["notify_url"]
+
+            async def deliver() -> None:
+                async with httpx.AsyncClient() as http:
+                    for info in (theirs, ours):
+                        answer = await http.post(url, content=peer.notification(info))
+                        answers.append((answer.status_code, answer.text))
+
+            tasks.append(asyncio.create_task(deliver()))
+        return response
+
+    code, out, err = run(
+        *PUSH, "--order-no", "W-9", "--wait", "--json", transport_=httpx.MockTransport(handler)
+    )
+    assert code == 0, err
+    order = json.loads(out)["order"]
+    assert (order["merchant_no"], order["trans_amount"]) == ("M0001", "12.50")
+    assert answers[0][0] == 400
+    assert "merchant_no is 'M0002', expected 'M0001'" in answers[0][1]
+    assert answers[1] == (200, "success")
+
+
 def test_push_wait_declined_text(run: Runner, peer: GatewayPeer) -> None:
     transport = paying(peer, TransStatus.CLOSED)
     code, out, err = run(*PUSH, "--order-no", "W-2", "--wait", transport_=transport)
@@ -413,7 +456,8 @@ def test_listen_process(tmp_path: Path) -> None:
             assert http.post(url, content=forged).status_code == 400
             other = http.post(url, content=theirs)
             assert other.status_code == 400
-            assert "names merchant_no 'M0002', not 'M0001'" in other.text
+            assert other.text.startswith("not our order: ")
+            assert "merchant_no is 'M0002', expected 'M0001'" in other.text
             line = json.loads(proc.stdout.readline())
             assert line["merchant_order_no"] == "L-1"
             assert line["notify_id"] == "N-L1"
@@ -424,7 +468,46 @@ def test_listen_process(tmp_path: Path) -> None:
         assert proc.returncode == 0
         assert rest == ""  # the duplicate printed nothing more on stdout
         assert "duplicate notification N-L1" in errors
-        assert "rejected notification" in errors
+        assert "rejected notification" in errors  # the forged one
+        assert "refused notification: not our order: " in errors  # merchant M0002's
+        assert "no order_store" not in errors
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_listen_without_an_order_store_says_it_can_bind_nothing(
+    config_file: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud.cli", "--config", str(config_file), "listen", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stderr is not None
+        warning = proc.stderr.readline()
+        assert warning.startswith("warning: no order_store in the config: "), warning
+        banner = proc.stderr.readline()
+        match = re.match(r"listening on (http://127\.0\.0\.1:\d+/notify) ", banner)
+        assert match, banner
+        peer = GatewayPeer()
+        with httpx.Client() as http:
+            answer = http.post(
+                match.group(1),
+                content=peer.notification(peer.info("L-1", TransStatus.COMPLETED)),
+            )
+        assert answer.status_code == 400
+        assert "no record of order 'L-1'" in answer.text
+        proc.send_signal(signal.SIGTERM)
+        _, errors = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        assert "refused notification: not our order: " in errors
     finally:
         if proc.poll() is None:
             proc.kill()

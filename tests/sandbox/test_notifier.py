@@ -4,6 +4,7 @@ real local HTTP server, in-process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -106,3 +107,59 @@ async def test_only_200_success_counts(store: Store) -> None:
     assert notes[0].order_amount == Decimal("1.50")
     assert b'"order_amount":1.50' in server.bodies[0]
     assert store.due_notifications(2**62) == []
+
+
+def _order(notify_url: str, trans_no: str = "T2") -> Order:
+    return Order(
+        trans_no=trans_no, merchant_no="M0001", merchant_order_no="A-" + trans_no,
+        terminal_sn="S", store_no=None, trans_type=TransType.SALE, orig_trans_no=None,
+        trans_status=TransStatus.PREORDER, price_currency="QAR",
+        order_amount=Decimal("1.50"), tip_amount=None, trans_amount=Decimal("1.50"),
+        attach=None, pay_scenario=None, description=None, notify_url=notify_url,
+        expires_at=2**41, order_queue_mode="FIFO", confirm_on_terminal=False,
+        fingerprint="f", message_id="m", create_answer="{}", close_answer=None,
+        created_ms=1, updated_ms=1,
+    )  # fmt: skip
+
+
+async def _deliver_all(store: Store, server: _Server, count: int) -> None:
+    notifier = Notifier(store, PRIVATE, time_scale=0.001)
+    task = asyncio.create_task(notifier.run())
+    try:
+        for _ in range(500):
+            if len(server.bodies) >= count:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_notifications_name_the_merchant_and_its_pos_app(store: Store) -> None:
+    """Part B: the gateway signs every merchant's notifications with one key,
+    so each names the merchant and the POS app whose order it is - also one
+    queued by an older sandbox that did not write them into its snapshot."""
+    store.ensure_merchant("M0001", "pos-sandbox", PUBLIC, "Demo")
+    server = _Server([(200, b"success")])
+    try:
+        store.insert_order(_order(server.url, "T2"))
+        store.move("T2", TransStatus.CLOSED, why="test", trans_error_code="CLOSED")
+        store.insert_order(_order(server.url, "T3"))
+        store.move("T3", TransStatus.CLOSED, why="test", trans_error_code="CLOSED")
+        with store.transaction() as db:  # T3's snapshot as an older sandbox wrote it
+            (info,) = db.execute("SELECT info FROM notifications WHERE trans_no = 'T3'").fetchone()
+            old = {k: v for k, v in json.loads(info).items() if k not in ("merchant_no", "app_id")}
+            db.execute(
+                "UPDATE notifications SET info = ? WHERE trans_no = 'T3'", (json.dumps(old),)
+            )
+        await _deliver_all(store, server, 2)
+    finally:
+        server.close()
+    notes = sorted(
+        (envelope.verify_notification(b, PUBLIC) for b in server.bodies), key=lambda n: n.trans_no
+    )
+    assert [(n.trans_no, n.merchant_no, n.app_id) for n in notes] == [
+        ("T2", "M0001", "pos-sandbox"),
+        ("T3", "M0001", "pos-sandbox"),
+    ]
