@@ -239,6 +239,8 @@ def test_results_name_the_merchant_and_app_and_bind_across_instances(
         assert (info.merchant_no, info.app_id) == (config.merchant_no, config.app_id)
         pay(sandbox, find_order(sandbox, number))
         (delivery,) = notify_receiver.wait_for(1, timeout=20)
+        wire = json.loads(delivery.body)  # on the wire, not only once decoded
+        assert (wire["merchant_no"], wire["app_id"]) == (config.merchant_no, config.app_id)
         note, new = webhook.accept_notification(delivery.body)
         assert new
         assert (note.merchant_no, note.app_id, note.trans_no) == (
@@ -247,6 +249,10 @@ def test_results_name_the_merchant_and_app_and_bind_across_instances(
             created.trans_no,
         )
         assert webhook.wait_for_final(number, 5).trans_status is TransStatus.COMPLETED
+        # The creator, which got no notification, settles it from bound query answers.
+        polled = creator.wait_for_final(number, 20)
+        assert (polled.trans_status, polled.trans_no) == (TransStatus.COMPLETED, created.trans_no)
+        assert (polled.merchant_no, polled.app_id) == (config.merchant_no, config.app_id)
         other = ExpectedOrder(number, created.trans_no, Decimal("900.00"), "QAR")
         with pytest.raises(NotOurOrder, match="order_amount"):
             webhook.accept_notification(delivery.body, other)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.config import load_config
 from sandbox.keys import Layout
 from sandbox.provision import (
     ProvisionError,
@@ -100,3 +101,21 @@ def test_reader_ports_are_written_absolute(tmp_path: Path, monkeypatch: pytest.M
         "qr": "scanner:/dev/ttyACM0;model=honeywell",
         "u": "pn532:socket://h:1",
     }
+
+
+def test_pos_config_names_an_order_store_beside_it(tmp_path: Path) -> None:
+    """``sadad-pos push`` and ``listen`` (and every POS client made from this
+    file) share the orders they bind results to; a pos.toml written by an
+    older sandbox gains the line on the next serve, the rest kept."""
+    layout = Layout.of(tmp_path)
+    prepare(layout)
+    path = write_pos_config(layout, "http://127.0.0.1:1")
+    assert load_config(path).order_store == tmp_path.absolute() / "pos-orders.db"
+    older = "\n".join(
+        line for line in path.read_text().splitlines() if not line.startswith("order_store")
+    )
+    path.write_text(older + "\n# mine\n")
+    assert load_config(path).order_store is None
+    write_pos_config(layout, "http://127.0.0.1:2")
+    assert load_config(path).order_store == tmp_path.absolute() / "pos-orders.db"
+    assert "# mine" in path.read_text()
