@@ -269,7 +269,7 @@ class Engine:
     async def stop(self) -> None:
         if self._report_timer is not None:
             self._report_timer.cancel()
-            self._report_timer = None
+        self._flush_reports(stopping=True)  # a held count is not lost with the process
         await self._stop_readers()
         for task in self._tasks:
             task.cancel()
@@ -324,9 +324,15 @@ class Engine:
         except Exception as exc:
             # A bug on a genuine push: not acknowledging it would have the broker
             # deliver it first, forever, and no order after it would be taken.
+            # Rejected under its own (signed) message_id, so the TMS can tell
+            # which order; whatever of it was committed is made durable first.
             log.exception("push %s could not be taken; rejected", push.message_id)
             why = f"internal error ({type(exc).__name__})"
-            self._reject(len(payload), envelope.PushRejected("internal_error", why))
+            self._reject(
+                len(payload),
+                envelope.PushRejected("internal_error", why, push.message_id, topic=push.topic),
+            )
+            await self._sync_journal()
 
     async def _take_push(self, push: m.Push, biz: m.PushOrder | m.PushClose, received: int) -> None:
         if self.journal.seen_push(push.message_id):
@@ -425,26 +431,28 @@ class Engine:
         """A push the gateway signed, refused for what it says (another
         terminal's, stale, expired): its message_id is genuine, so it goes
         with the pushes, where a redelivery is recognised, and the TMS hears
-        of each one (there are only as many as the gateway signed: no rate
-        limit is needed, and the order's fate depends on it)."""
+        of each one under that id (there are only as many as the gateway
+        signed: no rate limit is needed, and the order's fate depends on
+        it). Record and event in one commit."""
         assert exc.message_id is not None
         message_id = redact.safe(exc.message_id, 64)
-        if not self.journal.record_rejected_push(
-            message_id, redact.safe(exc.topic or "unknown"), exc.reason
-        ):
-            return  # delivered again: reported the first time
-        log.warning("push %s rejected (%s): %s", message_id, exc.reason, exc)
-        self.journal.enqueue_event("rejected", message_id, None, exc.reason)
+        with self.journal.batch():
+            if not self.journal.record_rejected_push(
+                message_id, redact.safe(exc.topic or "unknown"), exc.reason
+            ):
+                return  # delivered again: reported the first time
+            self.journal.enqueue_event("rejected", message_id, None, exc.reason)
+        log.warning("push %s rejected (%s): %s", message_id, exc.reason, redact.safe(str(exc), 160))
         self._outbox_wake.set()
 
     def _reject_unverified(self, size: int, exc: envelope.PushRejected) -> None:
         """Anything else: not a push anyone signed. Nothing of it is trusted,
         its claimed message_id included (a forgery must not claim the id of a
         genuine push to come), and only a bounded, rate-limited record of it
-        is kept."""
+        is kept: one journal row, event and log line per report, none for a
+        rejection counted for a later report."""
         report = self._reports.offer(exc.reason, time.monotonic())
         if report is None:
-            log.debug("push rejected (%s), counted for the next report", exc.reason)
             self._schedule_report_flush()
             return
         claimed = redact.safe(exc.claimed_id, 64) if exc.claimed_id is not None else None
@@ -479,12 +487,15 @@ class Engine:
             return
         self._report_timer = asyncio.get_running_loop().call_later(due + 0.01, self._flush_reports)
 
-    def _flush_reports(self) -> None:
-        """The rejections counted while reports were held, reported as one."""
+    def _flush_reports(self, *, stopping: bool = False) -> None:
+        """The rejections counted while reports were held, reported as one
+        (``stopping``: now, token or not; it leaves with the next start)."""
         self._report_timer = None
-        report = self._reports.flush(time.monotonic())
+        now = time.monotonic()
+        report = self._reports.drain() if stopping else self._reports.flush(now)
         if report is None:
-            self._schedule_report_flush()
+            if not stopping:
+                self._schedule_report_flush()
             return
         count = report.suppressed + 1
         log.warning("%d more pushes rejected (the last: %s)", count, report.reason)

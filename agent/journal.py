@@ -8,8 +8,11 @@ Contract (DESIGN.md "Transaction engine", docs/protocol.md part C and D):
   terminal must show at once: ``batch(deferred_sync=True)`` commits to the OS
   only (safe if the agent crashes, not if the power fails) and the caller
   runs ``sync()`` (the WAL's fdatasync, from any thread) before the effect.
-* Pushes are keyed by ``message_id``: ``record_push`` says whether it is new,
-  which is how a redelivered push is processed once.
+* Pushes are keyed by ``message_id``: ``record_order`` and
+  ``record_close_push`` say whether it is new, which is how a redelivered
+  push is processed once. Only pushes whose signature verified enter
+  ``pushes``; the rest (anyone's bytes) leave a bounded, sanitized record
+  in ``rejections`` (``record_rejection``), never their payload.
 * A payment attempt's ``request_no`` is stored before the first send and
   reused on every retry; an attempt without a journaled answer is an unknown
   outcome, resolved by detail and reverse, never by paying again.
@@ -189,7 +192,25 @@ MIGRATIONS: list[str] = [
         suppressed INTEGER NOT NULL
     );
     """,
+    # 4: the technician PIN's lockout (one row: it must survive restarts of
+    # the UI and of the agent) and what was done in setup, when (never a PIN).
+    """
+    CREATE TABLE technician (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        failures INTEGER NOT NULL,
+        lockouts INTEGER NOT NULL,
+        locked_until_ms INTEGER NOT NULL
+    );
+    CREATE TABLE setup_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    """,
 ]
+
+MAX_SETUP_LOG = 1000
 
 # How many rejection rows are kept (the newest); a report at most every 2 s
 # (``agent.reject_reports``) makes that ~half an hour of a steady flood.
@@ -420,7 +441,12 @@ class Journal:
         return row is not None
 
     def record_rejected_push(self, message_id: str, topic: str, reason: str) -> bool:
-        """Journal a push we refuse. Returns False if the message_id was seen before."""
+        """Journal a push we refuse although its signature verified (another
+        terminal's, off the clock, expired: the gateway sent it, so its
+        ``message_id`` is genuine). Returns False if the message_id was seen
+        before. Never an unverified push: ``pushes`` suppresses duplicates by
+        message_id, and a forgery must not claim the id of a genuine push to
+        come (``record_rejection`` keeps those)."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO pushes VALUES (?,?,?,?,?)",
@@ -443,21 +469,34 @@ class Journal:
         """Keep a reported rejection of an unverified push and queue its
         ``rejected`` event (``event_id``, ``event_reason``), in one commit.
 
-        The texts must already be safe (``cloud.redact.safe``). Committed
-        without an fsync of its own (it moves no money; the next FULL commit
-        or ``sync()`` covers it), so a flood costs no flash writes per
-        message. Keeps the newest ``MAX_REJECTIONS`` rows."""
+        Every text came from whoever sent the push: it is made safe here
+        too (``cloud.redact.safe``: printable ASCII, cut, 13+ digit runs
+        masked), whatever the caller did, so no such write is ever refused
+        for looking like card data or fails on an unencodable character.
+        Committed without an fsync of its own (it moves no money; the next
+        FULL commit or ``sync()`` covers it), so a flood costs no flash
+        writes per message. Keeps the newest ``MAX_REJECTIONS`` rows."""
+        row = (
+            at_ms or _now_ms(),
+            redact.safe(reason, 32),
+            redact.safe(detail, 160),
+            None if claimed_id is None else redact.safe(claimed_id, 64),
+            size,
+            suppressed,
+        )
         with self.batch(deferred_sync=True), self._tx() as db:
             db.execute(
                 "INSERT INTO rejections (at_ms, reason, detail, claimed_id, size, suppressed) "
                 "VALUES (?,?,?,?,?,?)",
-                (at_ms or _now_ms(), reason, detail, claimed_id, size, suppressed),
+                row,
             )
             db.execute(
                 "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?",
                 (MAX_REJECTIONS,),
             )
-            self.enqueue_event("rejected", event_id, None, event_reason)
+            self.enqueue_event(
+                "rejected", redact.safe(event_id, 64), None, redact.safe(event_reason, 160)
+            )
 
     def rejections(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest kept rejections, newest first."""
@@ -465,6 +504,43 @@ class Journal:
             "SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------ technician
+
+    def lockout(self) -> tuple[int, int, int]:
+        """(failures, lockouts, locked_until_ms) of the technician PIN."""
+        row = self._db.execute(
+            "SELECT failures, lockouts, locked_until_ms FROM technician WHERE id=1"
+        ).fetchone()
+        return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def set_lockout(self, failures: int, lockouts: int, locked_until_ms: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO technician VALUES (1,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+                "failures=excluded.failures, lockouts=excluded.lockouts, "
+                "locked_until_ms=excluded.locked_until_ms",
+                (failures, lockouts, locked_until_ms),
+            )
+
+    def log_setup(self, action: str, outcome: str, at_ms: int | None = None) -> None:
+        """Journal a setup action and its outcome (the newest ``MAX_SETUP_LOG`` kept)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO setup_log (at_ms, action, outcome) VALUES (?,?,?)",
+                (at_ms or _now_ms(), action, outcome),
+            )
+            db.execute(
+                "DELETE FROM setup_log WHERE id <= (SELECT MAX(id) FROM setup_log) - ?",
+                (MAX_SETUP_LOG,),
+            )
+
+    def setup_log(self, limit: int = 50) -> list[tuple[int, str, str]]:
+        """(at_ms, action, outcome), newest first."""
+        rows = self._db.execute(
+            "SELECT at_ms, action, outcome FROM setup_log ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def record_order(self, message_id: str, tx: dict[str, Any]) -> bool:
         """Journal an accepted order push and its transaction in one commit.

@@ -78,9 +78,10 @@ Contract:
   the terminal's session. Broker ACLs written with ``%c`` (client id) must
   allow that id for the probe to pass the subscribe stage.
 * Packet size: under MQTT 5 the CONNECT announces a Maximum Packet Size
-  just over ``cloud.messages.MAX_PUSH_BYTES``, so the broker discards bigger
-  messages for this client (acknowledged for the publisher, never delivered
-  here); under 3.1.1 the engine rejects a bigger payload unread.
+  (``MAX_PACKET_BYTES``, just over ``cloud.messages.MAX_PUSH_BYTES``), so
+  the broker discards bigger messages for this client (acknowledged for the
+  publisher, never delivered here, never redelivered); under 3.1.1 the
+  engine rejects a bigger payload unread.
 * Payloads are never logged (pushes carry order data).
 """
 
@@ -139,6 +140,20 @@ _MISC_INTERVAL = 1.0  # s between paho loop_misc() calls (keepalive pings, ping 
 # work while the screen is still being drawn, and publish twice.
 STATUS_HOLD = 0.01
 _UNSUPPORTED_PROTOCOL = 0x84  # CONNACK "Unsupported Protocol Version" (paho maps 3.1.1 rc 1)
+# The Maximum Packet Size an MQTT 5 CONNECT announces: the largest push
+# (``MAX_PUSH_BYTES``, 64 KiB: a genuine one is a few KB, so a flood of
+# megabytes never reaches the terminal) plus headroom for the fixed header,
+# topic, packet id and properties. The broker must not send a bigger packet
+# [MQTT-3.1.2-24]; it discards it and behaves as if it had sent it
+# [MQTT-3.1.2-25]. Seen with Mosquitto 2.0.11 (the broker check in
+# tests/agent/test_mqtt_link.py): a bigger QoS 1 message is logged
+# "Dropping too large outgoing PUBLISH for <client id> (<n> bytes)", the
+# publisher still gets its PUBACK (reason Success), and it is never
+# delivered here nor redelivered - also when it was queued while the
+# terminal was offline: dropped at the reconnect, the messages behind it
+# delivered in order. Under 3.1.1 the engine refuses a payload over
+# ``MAX_PUSH_BYTES`` unread (``too_large``).
+MAX_PACKET_BYTES = MAX_PUSH_BYTES + 1024
 
 
 def orders_topic(sn: str) -> str:
@@ -296,11 +311,9 @@ class _Session:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if self.persistent:
                 props.SessionExpiryInterval = self.cfg.session_expiry
-            # The broker must not send us bigger packets [MQTT-3.1.2-24]; it
-            # drops them itself, for this client only, without redelivery
-            # (tests/agent/test_mqtt_link.py checks Mosquitto does). Headroom
-            # over the largest push for the fixed header and topic.
-            props.MaximumPacketSize = MAX_PUSH_BYTES + 1024
+            # Bigger messages are dropped by the broker, for this client only,
+            # without redelivery: see MAX_PACKET_BYTES.
+            props.MaximumPacketSize = MAX_PACKET_BYTES
             kwargs = {"clean_start": not self.persistent, "properties": props}
 
         def connect() -> MQTTErrorCode:

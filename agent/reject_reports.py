@@ -9,7 +9,8 @@ then one per ``interval`` seconds; a rejection that finds no token is
 counted, and the next report carries the count ("+41 more rejected since
 the last report"). When rejections stop while some are still uncounted,
 ``due`` says when the next token comes, so the caller can ``flush`` then:
-nothing rejected goes unreported for long.
+nothing rejected goes unreported for long; at a stop, ``drain`` reports what
+is still counted, token or not, so no count is lost with the process.
 
 The clock (seconds, monotonic) is passed in.
 """
@@ -39,6 +40,8 @@ class Report:
 
 
 class RejectReports:
+    """The token bucket and the count of rejections it held back."""
+
     def __init__(self, burst: int = BURST, interval: float = INTERVAL) -> None:
         self.burst = burst
         self.interval = interval
@@ -85,7 +88,14 @@ class RejectReports:
         if self._tokens < 1:
             return None
         self._tokens -= 1
-        # The last of them stands for the rest, which are counted.
+        return self.drain()
+
+    def drain(self) -> Report | None:
+        """The report of what is counted, now, whether a token is back or not
+        (the caller is stopping); None if nothing is."""
+        if not self._suppressed:
+            return None
+        # The last of them stands for itself; the rest are counted.
         report = Report(self._last_reason, self._suppressed - 1)
         self._suppressed = 0
         return report

@@ -195,10 +195,12 @@ def verify_notification(body: bytes | dict[str, Any], gateway_key: PublicKeyLike
 
 class PushRejected(ContractError):
     """A push the terminal must not act on; ``reason`` is the short code reported
-    in the ``rejected`` event (malformed, bad_signature, wrong_terminal, clock,
-    expired). ``message_id`` is the push's own id when its signature verified
-    (a genuine push, refused for what it says), else None: an unverified
-    push's claims, its id included, are the sender's word only."""
+    in the ``rejected`` event: ``malformed``, ``bad_signature``,
+    ``wrong_terminal``, ``clock``, ``expired`` here; the terminal adds
+    ``too_large`` (refused unread) and ``internal_error`` (a bug while taking
+    a genuine push). ``message_id`` is the push's own id when its signature
+    verified (a genuine push, refused for what it says), else None: an
+    unverified push's claims, its id included, are the sender's word only."""
 
     def __init__(
         self,

@@ -37,7 +37,11 @@ def _value_text(value: Any) -> str:
 
 
 def canonical_string(params: Mapping[str, Any]) -> str:
-    """The text that is signed. Raises TypeError for values the wire cannot carry."""
+    """The text that is signed. Raises TypeError for keys and values the wire
+    cannot carry (a key that is not a string, a float, nesting deeper than
+    ``wirejson.MAX_DEPTH``)."""
+    if not all(isinstance(key, str) for key in params):
+        raise TypeError("every key must be a string")
     items = [
         (key, _value_text(value))
         for key, value in params.items()
@@ -114,7 +118,10 @@ def sign(params: Mapping[str, Any], private_key_pem: PrivateKeyLike) -> str:
 
 def verify(params: Mapping[str, Any], public_key_pem: PublicKeyLike) -> None:
     """Check ``params["sign"]``. Raises SignatureError when it is missing, blank,
-    not base64, or wrong; KeyLoadError when the key cannot be loaded."""
+    not base64, or wrong, or when ``params`` cannot be written as the canonical
+    text (a key that is not a string, a lone surrogate, a float, nesting
+    deeper than ``wirejson.MAX_DEPTH``); KeyLoadError when the key cannot be
+    loaded. Nothing else, whatever ``params`` holds."""
     key = load_public_key(public_key_pem)
     value = params.get("sign")
     if value is None:
@@ -125,12 +132,15 @@ def verify(params: Mapping[str, Any], public_key_pem: PublicKeyLike) -> None:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise SignatureError("sign is not base64", "$.sign") from None
+    # ``params`` may hold anything a sender put there: what cannot be written
+    # as the canonical UTF-8 text (a lone surrogate: UnicodeEncodeError, a
+    # ValueError) cannot carry a valid signature either.
     try:
-        text = canonical_string(params)
-    except TypeError as exc:
-        raise SignatureError(f"unsignable value: {exc}") from None
+        data = canonical_string(params).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise SignatureError(f"unsignable value ({type(exc).__name__})") from None
     try:
-        key.verify(raw, text.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256())
+        key.verify(raw, data, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
         raise SignatureError("sign does not match the message and key", "$.sign") from None
 

@@ -15,15 +15,21 @@ is strict and bounded, and raises ``ContractError`` and nothing else:
   reader that keeps the last of two would verify one and act on the other);
 * no lone surrogates (a ``\\ud800`` escape on its own) in keys or strings: they cannot be
   written back as UTF-8, which the signature is computed over;
-* no ``NaN``/``Infinity``; integers of at most ``MAX_INT_DIGITS`` digits and
-  decimals whose exponent stays within ``MAX_EXPONENT``;
-* nesting at most ``MAX_DEPTH`` arrays/objects deep (our messages use 2), so
-  that nothing downstream can recurse out of the stack.
+* no ``NaN``/``Infinity``; integers of at most ``MAX_INT_DIGITS`` digits,
+  other numbers of at most ``MAX_NUMBER_CHARS`` characters whose exponent
+  stays within ``MAX_EXPONENT`` (Decimal would take a million digits, or
+  ``1e999999999``, and make every later comparison or format costly);
+* nesting at most ``MAX_DEPTH`` arrays/objects deep (our messages use 2),
+  checked on the text before it is parsed, so that neither the parser nor
+  anything downstream that walks the value (``dumps``, the signature's
+  canonical string, ``cloud.messages``) recurses anywhere near Python's
+  recursion limit.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -31,6 +37,7 @@ from cloud.errors import ContractError
 
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 40
+MAX_NUMBER_CHARS = 64
 MAX_EXPONENT = 100
 
 
@@ -46,7 +53,12 @@ class WireNumber(Decimal):
 
 
 def _parse_float(text: str) -> WireNumber:
-    number = WireNumber(text)
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ContractError(f"number of {len(text)} characters is out of range")
+    try:
+        number = WireNumber(text)
+    except InvalidOperation:  # an exponent beyond what Decimal holds
+        raise ContractError(f"number {text[:20]!r} is out of range") from None
     if not number.is_finite() or abs(number.adjusted()) > MAX_EXPONENT:
         raise ContractError(f"number {text[:20]!r} is out of range")
     return number
@@ -80,22 +92,44 @@ def _shown(text: str) -> str:
     return repr("".join(c if c.isprintable() and c.isascii() else "?" for c in text[:32]))
 
 
-def _check_tree(value: Any) -> None:
-    """Depth and string checks over a parsed value, without recursion."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_text(item)
-        elif isinstance(item, dict | list):
+# A JSON string (possessive: linear, never backtracking), a bracket, or a
+# quote that opens a string never closed (the text is invalid from there).
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*+"|[\[\]{}]|"', re.DOTALL)
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before the (recursive) parser sees it.
+
+    Brackets inside strings do not count. Linear in the text; most texts have
+    too few brackets to need the scan."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for match in _TOKEN.finditer(text):
+        lexeme = match.group()
+        if lexeme in ("[", "{"):
+            depth += 1
             if depth > MAX_DEPTH:
                 raise ContractError(f"nested more than {MAX_DEPTH} levels deep")
-            children = item.items() if isinstance(item, dict) else enumerate(item)
-            for key, child in children:
-                if isinstance(key, str):
-                    _check_text(key)
-                if isinstance(child, str | dict | list):
-                    stack.append((child, depth + 1))
+        elif lexeme in ("]", "}"):
+            depth -= 1
+        elif len(lexeme) == 1:  # a quote never closed: the parser refuses the text there
+            return
+
+
+def _check_strings(value: Any) -> None:
+    """Every key and string of a parsed value encodable as UTF-8, without recursion."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key)
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _check_text(text: str) -> None:
@@ -119,6 +153,7 @@ def loads(body: bytes | bytearray | str) -> Any:
         raise ContractError(f"body is {type(body).__name__}, not JSON text")
     if text.startswith("\ufeff"):
         raise ContractError("body starts with a byte order mark")
+    _check_depth(text)
     try:
         value = json.loads(
             text,
@@ -129,13 +164,11 @@ def loads(body: bytes | bytearray | str) -> Any:
         )
     except ContractError:
         raise
-    except RecursionError:
-        raise ContractError(
-            f"body is not valid JSON: nested more than {MAX_DEPTH} levels deep"
-        ) from None
+    except RecursionError:  # not reached after _check_depth; kept as the backstop
+        raise ContractError(f"nested more than {MAX_DEPTH} levels deep") from None
     except (ValueError, InvalidOperation) as exc:
         raise ContractError(f"body is not valid JSON: {str(exc)[:120]}") from None
-    _check_tree(value)
+    _check_strings(value)
     return value
 
 
@@ -155,8 +188,14 @@ def number_text(value: Decimal | int) -> str:
 def dumps(value: Any) -> str:
     """Compact JSON (no spaces, unicode as is, keys in given order).
 
-    Raises TypeError for floats and other values the contract does not carry.
+    Raises TypeError for floats and other values the contract does not carry,
+    and for nesting deeper than ``MAX_DEPTH`` (so writing a value never
+    recurses out of the stack, whoever built it).
     """
+    return _dumps(value, 0)
+
+
+def _dumps(value: Any, depth: int) -> str:
     if value is None:
         return "null"
     if value is True:
@@ -167,8 +206,14 @@ def dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, int | Decimal):
         return number_text(value)
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        raise TypeError(f"cannot write a value nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, dict):
-        return "{" + ",".join(f"{dumps(str(k))}:{dumps(v)}" for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ",".join(f"{_dumps(str(k), depth)}:{_dumps(v, depth + 1)}" for k, v in value.items())
+            + "}"
+        )
     if isinstance(value, list | tuple):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
+        return "[" + ",".join(_dumps(v, depth + 1) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} on the wire")

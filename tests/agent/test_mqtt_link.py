@@ -317,22 +317,36 @@ async def test_on_push_raising_is_not_acked_and_is_redelivered(broker: Mosquitto
 async def test_broker_drops_a_push_over_the_announced_packet_size(
     broker: MosquittoBroker,
 ) -> None:
-    """Under MQTT 5 the link announces a Maximum Packet Size: Mosquitto 2.0
-    discards a bigger QoS 1 message for this client (the publisher still gets
-    its PUBACK), never delivers it, and does not queue it for a redelivery -
-    the next push arrives, and a reconnect brings nothing back."""
+    """Under MQTT 5 the link announces a Maximum Packet Size
+    (``mqtt_link.MAX_PACKET_BYTES``): Mosquitto 2.0 discards a bigger QoS 1
+    message for this client (the publisher still gets its PUBACK; the broker
+    logs "Dropping too large outgoing PUBLISH"), never delivers it, and does
+    not keep it for a redelivery - the next push arrives, and a reconnect
+    brings nothing back. The same for one queued while the terminal was
+    offline: dropped when it returns, the pushes behind it delivered."""
     big = b"x" * (MAX_PUSH_BYTES + 2048)
+    assert len(big) > mqtt_link.MAX_PACKET_BYTES
+    fits = b"y" * MAX_PUSH_BYTES  # the largest push the terminal takes gets through
     with peer(broker.host, broker.port) as tms:
         async with terminal(broker.url) as term:
             assert term.link.protocol == "5"
             await tms.publish(ORDERS, big)
+            await tms.publish(ORDERS, fits)
             await tms.publish(ORDERS, b"next")
-            await wait_until(lambda: bool(term.pushes))
-            assert term.pushes == [b"next"]
+            await wait_until(lambda: len(term.pushes) == 2)
+            assert term.pushes == [fits, b"next"]
+        await tms.publish(ORDERS, big)  # the terminal is offline: queued
+        await tms.publish(ORDERS, b"queued")
         async with terminal(broker.url) as again:
-            await tms.publish(ORDERS, b"marker")
             await wait_until(lambda: bool(again.pushes))
-            assert again.pushes == [b"marker"]
+            await tms.publish(ORDERS, b"marker")
+            await wait_until(lambda: len(again.pushes) == 2)
+            assert again.pushes == [b"queued", b"marker"]
+        async with terminal(broker.url) as third:
+            await tms.publish(ORDERS, b"last")
+            await wait_until(lambda: bool(third.pushes))
+            assert third.pushes == [b"last"]
+    assert broker.log_path.read_text().count("Dropping too large outgoing PUBLISH for T0001") == 2
 
 
 async def test_push_sent_while_offline_is_delivered_on_return(broker: MosquittoBroker) -> None:

@@ -30,3 +30,15 @@ def test_flush_when_the_token_is_back() -> None:
     assert flushed == Report("b", 2)  # the last stands for itself, two more counted
     assert r.flush(10.0) is None
     assert r.due(10.0) is None
+
+
+def test_drain_reports_what_is_held_without_a_token() -> None:
+    r = RejectReports(burst=1, interval=60.0)
+    assert r.offer("a", 0.0) == Report("a", 0)
+    assert r.drain() is None  # nothing held
+    assert r.offer("b", 0.1) is None
+    assert r.offer("c", 0.2) is None
+    assert r.flush(0.3) is None  # no token for a minute
+    assert r.drain() == Report("c", 1)  # stopping: reported all the same
+    assert r.suppressed == 0
+    assert r.drain() is None

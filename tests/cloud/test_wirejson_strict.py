@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from decimal import Decimal
 
 import pytest
@@ -28,12 +29,49 @@ from cloud.errors import ContractError
         (b'{"a":-Infinity}', "-Infinity"),
         (b'{"a":1e999999999}', "out of range"),
         (b'{"a":' + b"1" * 41 + b"}", "out of range"),
+        (b'{"a":1e' + b"9" * 5000 + b"}", "out of range"),
+        (b'{"a":1.' + b"0" * 60_000 + b"1}", "out of range"),
+        (b'{"a":[' + b"[" * 40 + b'"unterminated', "nested more than 32"),
+        (b'{"a":"' + b'\\"' * 10_000, "not valid JSON"),
         (b"{", "not valid JSON"),
     ],
 )
 def test_refused(body: bytes, why: str) -> None:
     with pytest.raises(ContractError, match=why):
         wirejson.loads(body)
+
+
+def test_depth_is_counted_outside_strings_only() -> None:
+    assert wirejson.loads(b"[" * 32 + b"]" * 32) is not None  # the limit itself is fine
+    brackets = "[{" * 100
+    assert wirejson.loads(b'{"a":"' + brackets.encode() + b'"}') == {"a": brackets}
+    escaped = '{"a":"\\"[[[[","b":' + "[" * 31 + "]" * 31 + "}"  # 32 levels
+    assert wirejson.loads(escaped)["a"] == '"[[[['
+
+
+def test_deep_nesting_never_reaches_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text is refused before the (recursive) parser sees it, so it never
+    recurses deeper than MAX_DEPTH, however deep its caller's stack is."""
+
+    def parser(*_a: object, **_k: object) -> object:
+        raise AssertionError("the parser saw it")
+
+    monkeypatch.setattr(json, "loads", parser)
+    for body in (b"[" * 33, b'{"a":' * 900, b"[" * 20 + b"{" * 20 + b"1"):
+        with pytest.raises(ContractError, match="nested more than 32"):
+            wirejson.loads(body)
+
+
+def test_dumps_refuses_what_it_could_not_write_back() -> None:
+    nested: list[object] = []
+    for _ in range(40):
+        nested = [nested]
+    with pytest.raises(TypeError, match="nested more than 32"):
+        wirejson.dumps({"a": nested})
+    ok: list[object] = []
+    for _ in range(30):
+        ok = [ok]  # 31 levels, 32 in the object
+    assert wirejson.loads(wirejson.dumps({"a": ok})) == {"a": ok}
 
 
 def test_numbers_keep_their_text_and_pairs_are_fine() -> None:
@@ -59,8 +97,6 @@ def test_any_bytes_give_a_value_or_contract_error(body: bytes) -> None:
     )
 )
 def test_what_it_accepts_can_be_written_back(value: object) -> None:
-    import json
-
     try:
         text = json.dumps(value)
     except ValueError:
