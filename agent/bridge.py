@@ -4,7 +4,9 @@ Contract (DESIGN.md "Processes"; the messages and framing are in
 ``agent.bridge_protocol``):
 
 * ``start()`` binds the socket with mode 0660 (set before ``listen``, so
-  there is no moment when it is open to others). A stale socket file (no one
+  there is no moment when it is open to others) and, with ``group``, gives
+  it that group: the checkout runs as a user of its own (``sadad-ui``), which
+  may connect here and nothing else of the agent's. A stale socket file (no one
   listening) is removed; a live one, or a path that is not a socket, is an
   error: two agents never share a socket.
 * Every connection first gets a ``hello`` from the ``hello`` callable (the
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import grp
 import logging
 import os
 import socket
@@ -203,10 +206,12 @@ class BridgeServer:
         on_disconnect: Callable[[str], None] | None = None,
         queue_size: int = DEFAULT_QUEUE,
         mode: int = 0o660,
+        group: str | None = None,
     ) -> None:
         self.path = path
         self.queue_size = queue_size
         self.mode = mode
+        self.group = group
         self._hello = hello
         self._on_intent = on_intent
         self._on_disconnect = on_disconnect
@@ -265,6 +270,12 @@ class BridgeServer:
             # Before listen() every connect is refused, so tightening the
             # mode here leaves no window whatever the umask.
             os.chmod(self.path, self.mode)
+            if self.group is not None:
+                try:
+                    gid = grp.getgrnam(self.group).gr_gid
+                except KeyError:
+                    raise BridgeError(f"ui.socket_group: no group {self.group!r}") from None
+                os.chown(self.path, -1, gid)  # we are a member: the unit's SupplementaryGroups
             sock.listen(16)
             sock.setblocking(False)
             st = os.stat(self.path)

@@ -69,7 +69,7 @@ track data or a wallet code in a free-text field.
 from __future__ import annotations
 
 import re
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -94,11 +94,13 @@ __all__ = [
     "LineDecoder",
     "OrderInfo",
     "QueueEvent",
+    "ReadSetupIntent",
     "ReadersEvent",
     "ReloadIntent",
     "Reply",
     "RequestTimeout",
     "ResultInfo",
+    "SaveSetupIntent",
     "Screen",
     "ScreenEvent",
     "Snapshot",
@@ -107,6 +109,7 @@ __all__ = [
     "TerminalInfo",
     "TestConnectionIntent",
     "TestReaderIntent",
+    "UnlockSetupIntent",
     "encode_line",
     "intent_from_args",
 ]
@@ -311,6 +314,34 @@ class LeaveSetupIntent(_IntentBase, frozen=True, kw_only=True, tag="leave_setup"
     pass
 
 
+class UnlockSetupIntent(_IntentBase, frozen=True, kw_only=True, tag="unlock_setup"):
+    """The technician's PIN, checked by the agent (``agent.technician``); the
+    connection that sent a correct one may read and save the setup until it
+    leaves setup, closes or idles out."""
+
+    pin: Annotated[str, msgspec.Meta(max_length=64)]
+
+    def __repr__(self) -> str:  # never the PIN, in a log or a traceback
+        return f"UnlockSetupIntent(id={self.id!r}, pin=<{len(self.pin)} chars>)"
+
+
+class ReadSetupIntent(_IntentBase, frozen=True, kw_only=True, tag="read_setup"):
+    """The ECR Hub settings as the config holds them (unlocked connections only)."""
+
+
+class SaveSetupIntent(_IntentBase, frozen=True, kw_only=True, tag="save_setup"):
+    """New ECR Hub settings: the agent checks them, writes its config (comments
+    kept, atomically) and reloads (unlocked connections only)."""
+
+    broker_url: str = ""
+    terminal_sn: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    gateway_url: str = ""
+    readers: tuple[tuple[str, str], ...] = ()
+
+
 Intent = (
     ConfirmIntent
     | CancelIntent
@@ -320,6 +351,9 @@ Intent = (
     | StatusIntent
     | EnterSetupIntent
     | LeaveSetupIntent
+    | UnlockSetupIntent
+    | ReadSetupIntent
+    | SaveSetupIntent
 )
 
 INTENT_NAMES: tuple[str, ...] = (
@@ -331,6 +365,9 @@ INTENT_NAMES: tuple[str, ...] = (
     "status",
     "enter_setup",
     "leave_setup",
+    "unlock_setup",
+    "read_setup",
+    "save_setup",
 )
 
 

@@ -232,6 +232,48 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return asyncio.run(run_doctor(args.config or DEFAULT_CONFIG))
 
 
+def _cmd_pin(args: argparse.Namespace) -> int:
+    """Write the technician PIN's hash where the config's technician_pin_file
+    says (or --file): read twice from the terminal, or once from stdin."""
+    import getpass
+
+    from agent.config import ConfigError, load_config
+    from agent.config_edit import write_atomic
+    from agent.technician import PIN, hash_pin
+
+    target: Path | None = Path(args.file) if args.file else None
+    if target is None:
+        try:
+            cfg = load_config(args.config or DEFAULT_CONFIG)
+        except ConfigError as exc:
+            print(f"sadad-agent pin: {exc}", file=sys.stderr)
+            return ConfigError.exit_code
+        target = cfg.terminal.technician_pin_file
+        if target is None:
+            print(
+                "sadad-agent pin: the config names no terminal.technician_pin_file "
+                "(add one, or pass --file)",
+                file=sys.stderr,
+            )
+            return 2
+    if args.stdin:
+        pin = sys.stdin.readline().strip()
+    else:
+        pin = getpass.getpass("New technician PIN (4-12 digits): ")
+        if getpass.getpass("Again: ") != pin:
+            print("sadad-agent pin: the two PINs differ; nothing written", file=sys.stderr)
+            return 1
+    if not PIN.fullmatch(pin):
+        print("sadad-agent pin: a technician PIN is 4-12 digits; nothing written", file=sys.stderr)
+        return 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.touch(mode=0o600)
+    write_atomic(target, hash_pin(pin) + "\n")
+    print(f"technician PIN hash written to {target}; the agent reads it at the next unlock")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sadad-agent", description="Sadad terminal agent.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -268,6 +310,14 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--limit", type=int, default=20)
     journal.add_argument("--show", metavar="TRANS_NO", help="one payment's timeline")
     journal.set_defaults(func=_cmd_journal)
+
+    pin = sub.add_parser("pin", help="the technician PIN (kept as a scrypt hash)")
+    pin_sub = pin.add_subparsers(dest="pin_command", required=True, metavar="ACTION")
+    pin_set = pin_sub.add_parser("set", help="write a new PIN's hash to technician_pin_file")
+    pin_set.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG})")
+    pin_set.add_argument("--file", default=None, help="write here instead of the config's file")
+    pin_set.add_argument("--stdin", action="store_true", help="read the PIN from stdin, once")
+    pin_set.set_defaults(func=_cmd_pin)
 
     doctor = sub.add_parser("doctor", help="check config, keys, clock, broker, gateway, readers")
     doctor.add_argument("--config", default=None)

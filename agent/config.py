@@ -39,6 +39,7 @@ import json
 import os
 import re
 import ssl
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ __all__ = [
     "loads_config",
     "mqtt_password",
     "parse_mqtt_url",
-    "technician_pin",
+    "technician_pin_hash",
 ]
 
 DEFAULT_PATH = Path("/etc/sadad-agent/agent.toml")
@@ -80,7 +81,6 @@ MAX_SESSION_EXPIRY = 0xFFFF_FFFF  # MQTT 5 Session Expiry Interval: "never expir
 
 _SN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _READER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_PIN = re.compile(r"[0-9]{4,12}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_WHERE = re.compile(
     r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$"
@@ -106,7 +106,6 @@ class TerminalConfig(msgspec.Struct, frozen=True, kw_only=True):
     private_key_file: Path
     store_name: str = ""
     technician_pin_file: Path | None = None
-    technician_pin: str | None = None
 
 
 class MqttConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,6 +157,7 @@ class JournalConfig(msgspec.Struct, frozen=True, kw_only=True):
 class UiConfig(msgspec.Struct, frozen=True, kw_only=True):
     socket: Path = DEFAULT_SOCKET
     result_seconds: float = 4.0  # agent.states.RESULT_SECONDS
+    socket_group: str | None = None
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -352,12 +352,14 @@ def _bool_key(value: object, _base: Path) -> object:
     return value
 
 
-def _pin_key(value: object, _base: Path) -> object:
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise _Invalid('must be a string of 4-12 digits (quote it: "1234")', show_value=False)
-    if not isinstance(value, str) or not _PIN.fullmatch(value):
-        raise _Invalid("must be a string of 4-12 digits", show_value=False)
-    return value
+_NO_PLAIN_PIN = (
+    "a PIN is never written in the config: make its hash file with "
+    "`sadad-agent pin set` and name it in technician_pin_file"
+)
+
+
+def _no_plain_pin(_value: object, _base: Path) -> object:
+    raise _Invalid(_NO_PLAIN_PIN)
 
 
 def _key(name: str, spec: tuple[_Convert, str], *, required: bool = False) -> _Key:
@@ -376,8 +378,11 @@ _SECTIONS: dict[str, tuple[_Key, ...]] = {
         _key(
             "private_key_file", _path("the path of the terminal's RSA private key"), required=True
         ),
-        _key("technician_pin_file", _path("the path of a file holding the PIN")),
-        _Key("technician_pin", _pin_key, "must be a string of 4-12 digits", secret=True),
+        _key(
+            "technician_pin_file",
+            _path("the path of the technician PIN's hash (sadad-agent pin set)"),
+        ),
+        _Key("technician_pin", _no_plain_pin, _NO_PLAIN_PIN, secret=True),
     ),
     "mqtt": (
         _Key(
@@ -417,6 +422,7 @@ _SECTIONS: dict[str, tuple[_Key, ...]] = {
     "ui": (
         _key("socket", _path("the path of the UI socket")),
         _key("result_seconds", _seconds(0.1, 60)),
+        _key("socket_group", _string(what="a group name (the checkout's user is in it)")),
     ),
 }
 _REQUIRED_SECTIONS = ("terminal", "mqtt", "gateway")
@@ -489,12 +495,6 @@ class _Checker:
 
 
 def _cross_checks(chk: _Checker, sections: dict[str, dict[str, object]]) -> None:
-    term = sections.get("terminal", {})
-    if "technician_pin" in term and "technician_pin_file" in term:
-        chk.problem(
-            "terminal.technician_pin",
-            "give technician_pin or technician_pin_file, not both",
-        )
     mqtt = sections.get("mqtt", {})
     url = mqtt.get("url")
     if isinstance(url, str) and not url.startswith("mqtts:"):
@@ -627,23 +627,42 @@ def _secret_text(where: str, key: str, path: Path) -> str:
     return text
 
 
-def technician_pin(cfg: AgentConfig) -> str | None:
-    """The technician PIN (inline or from its file), or None when none is set.
+def untrusted(path: Path) -> str | None:
+    """Why someone other than root or this process's user could change the
+    file at ``path`` (a key the agent trusts, the PIN hash), or None if no one
+    can. Like OpenSSH's StrictModes: the file, wherever a symlink leads, and
+    its directory must be owned by root or by us and writable by no one else
+    - else anyone in that group (the checkout's user, say) could put a key of
+    theirs in its place. Raises OSError when the file cannot be looked at."""
+    real = Path(os.path.realpath(path))
+    me = os.geteuid()
+    for target, what in ((real, "the file"), (real.parent, "its directory")):
+        st = target.stat()
+        if st.st_uid not in (0, me):
+            return f"{what} {target} belongs to uid {st.st_uid}: make it root's"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"{what} {target} can be written by its group or others: chmod go-w"
+    return None
 
-    Raises ConfigError when the file cannot be read or does not hold 4-12 digits.
+
+def technician_pin_hash(cfg: AgentConfig) -> str | None:
+    """The technician PIN's hash (``agent.technician``), or None when setup has
+    no PIN (it then stays locked).
+
+    Raises ConfigError when the file cannot be read or holds no hash (a
+    plain PIN included: the message says how to make a hash).
     """
-    term = cfg.terminal
-    if term.technician_pin is not None:
-        return term.technician_pin
-    if term.technician_pin_file is None:
+    from agent.technician import PinHashError, check_hash
+
+    path = cfg.terminal.technician_pin_file
+    if path is None:
         return None
     key = "terminal.technician_pin_file"
-    pin = _secret_text(_where(cfg), key, term.technician_pin_file)
-    if not _PIN.fullmatch(pin):
-        raise ConfigError(
-            f"{_where(cfg)}: {key}: {term.technician_pin_file}: must hold 4-12 digits"
-        )
-    return pin
+    text = _secret_text(_where(cfg), key, path)
+    try:
+        return check_hash(text)
+    except PinHashError as exc:
+        raise ConfigError(f"{_where(cfg)}: {key}: {path}: {exc}") from None
 
 
 def mqtt_password(mqtt: MqttConfig, *, file: str = "agent.toml") -> str | None:
@@ -654,6 +673,23 @@ def mqtt_password(mqtt: MqttConfig, *, file: str = "agent.toml") -> str | None:
     if mqtt.password_file is None:
         return None
     return _secret_text(file, "mqtt.password_file", mqtt.password_file)
+
+
+def trust_problems(cfg: AgentConfig) -> list[str]:
+    """The files the agent trusts (the gateway's key, the PIN hash) that
+    someone else could replace (``untrusted``), one line each."""
+    out = []
+    files = [("gateway.public_key_file", cfg.gateway.public_key_file)]
+    if cfg.terminal.technician_pin_file is not None:
+        files.append(("terminal.technician_pin_file", cfg.terminal.technician_pin_file))
+    for key, path in files:
+        try:
+            why = untrusted(path)
+        except OSError:
+            continue  # reported as unreadable
+        if why is not None:
+            out.append(f"{_where(cfg)}: {key}: not trusted: {why}")
+    return out
 
 
 def check_files(cfg: AgentConfig) -> list[str]:
@@ -683,8 +719,9 @@ def check_files(cfg: AgentConfig) -> list[str]:
 
     key_file("terminal.private_key_file", cfg.terminal.private_key_file, load_private_key)
     key_file("gateway.public_key_file", cfg.gateway.public_key_file, load_public_key)
+    problems.extend(trust_problems(cfg))
     try:
-        technician_pin(cfg)
+        technician_pin_hash(cfg)
     except ConfigError as exc:
         problems.extend(exc.problems)
     try:
@@ -733,8 +770,7 @@ sn = "T0001"                          # terminal serial number: the MQTT client 
 app_id = "T0001"                      # the app_id the gateway issued to this terminal
 store_name = "Sandbox Store"          # shown on the checkout screen
 private_key_file = "terminal_private.pem"   # RSA-2048; signs cashier calls and events
-# technician_pin_file = "technician.pin"    # 4-12 digits that open the setup screen
-# technician_pin = "1234"                   # or inline (not both)
+# technician_pin_file = "technician.pin"    # the setup PIN's hash: sadad-agent pin set
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"         # mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS, 8883)

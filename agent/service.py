@@ -30,12 +30,14 @@ from typing import Any
 
 from agent import bridge_protocol as bp
 from agent.bridge import BridgeServer, intent_client
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.config import AgentConfig, ConfigError, load_config, trust_problems
 from agent.engine import Engine, EngineSettings, ScreenView
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.journal import Journal
 from agent.mqtt_link import STATUS_HOLD, ConnectionState, MqttLink, test_connection
 from agent.notify import Notifier
+from agent.setup_access import LOCKED as SETUP_LOCKED
+from agent.setup_access import SetupAccess
 from cloud import messages as m
 from cloud.envelope import timestamp
 from cloud.errors import KeyLoadError
@@ -75,10 +77,14 @@ class AgentService:
         self.bridge: BridgeServer | None = None
         self.readers: list[ManagedReader] = []
         self.gateway: GatewayClient | None = None
+        self.setup: SetupAccess | None = None
 
     # ------------------------------------------------------------ build
 
     def _keys(self, cfg: AgentConfig) -> tuple[Any, Any]:
+        problems = trust_problems(cfg)
+        if problems:  # a key someone else could swap is no key to trust
+            raise ConfigError(problems)
         try:
             private = load_private_key(cfg.terminal.private_key_file.read_bytes())
             public = load_public_key(cfg.gateway.public_key_file.read_bytes())
@@ -118,6 +124,7 @@ class AgentService:
             hello=self._hello,
             on_intent=self._intent,
             on_disconnect=self._client_gone,
+            group=self.cfg.ui.socket_group,
         )
 
     # ------------------------------------------------------------ run
@@ -133,6 +140,7 @@ class AgentService:
                 cfg.gateway.url,
             )
         self.journal = Journal(cfg.journal.path)
+        self.setup = SetupAccess(self.journal)
         pruned = self.journal.prune(cfg.journal.keep_days)
         if pruned:
             log.info("journal: pruned %d old transactions", pruned)
@@ -426,6 +434,30 @@ class AgentService:
             return await engine.handle_intent(name)
         if isinstance(intent, bp.StatusIntent):
             return self.status()
+        setup = self.setup
+        assert setup is not None  # made with the journal, before the bridge
+        if isinstance(intent, bp.EnterSetupIntent | bp.LeaveSetupIntent):
+            self.health.setup = isinstance(intent, bp.EnterSetupIntent)
+            self.health.setup_client = intent_client() if self.health.setup else None
+            if not self.health.setup:
+                setup.leave(intent_client())
+            self._status_changed()
+            return {"setup": self.health.setup}
+        if isinstance(intent, bp.UnlockSetupIntent):
+            return await setup.unlock(self.cfg, intent_client() or "", intent.pin)
+        # Everything below is setup: only for a connection the PIN unlocked.
+        if not setup.unlocked(intent_client()):
+            return dict(SETUP_LOCKED)
+        assert self.journal is not None
+        self.journal.log_setup(type(intent).__name__.removesuffix("Intent"), "asked")
+        if isinstance(intent, bp.ReadSetupIntent):
+            return setup.read(self.cfg)
+        if isinstance(intent, bp.SaveSetupIntent):
+            saved = await setup.save(self.cfg, intent)
+            if not saved["ok"]:
+                return saved
+            ok, text = await self.reload()
+            return {"ok": True, "reloaded": ok, "reason": text, "warnings": saved["warnings"]}
         if isinstance(intent, bp.ReloadIntent):
             ok, text = await self.reload()
             return {"ok": ok, "reason": text}
@@ -439,14 +471,11 @@ class AgentService:
             return {"ok": ok, "stage": stage, "reason": reason, "gateway": gw_reason}
         if isinstance(intent, bp.TestReaderIntent):
             return await self._test_reader(intent.reader)
-        if isinstance(intent, bp.EnterSetupIntent | bp.LeaveSetupIntent):
-            self.health.setup = isinstance(intent, bp.EnterSetupIntent)
-            self.health.setup_client = intent_client() if self.health.setup else None
-            self._status_changed()
-            return {"setup": self.health.setup}
         raise ValueError(f"unsupported intent {type(intent).__name__}")
 
     def _client_gone(self, client: str) -> None:
+        if self.setup is not None:
+            self.setup.leave(client)
         # A UI killed in setup never sends leave_setup: its setup ends with it,
         # or the terminal would report SETUP to the TMS until the next setup.
         if self.health.setup and client == self.health.setup_client:

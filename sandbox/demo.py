@@ -283,8 +283,7 @@ def interactive(data: Path) -> int:
                 _bin("sadad-ui"),
                 "--socket",
                 str(socket),
-                "--config",
-                str(agent_toml),
+                "--allow-quit",
                 "--hint",
                 f"Push more: sadad-pos --config {pos_toml} push --terminal {SN} "
                 "--amount 9.99   (Ctrl+Q quits the demo)",

@@ -32,17 +32,15 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from agent import bridge_protocol as bp
 from ui.bridge_client import BridgeClient
 from ui.messages import AgentMessage, CashierIntent, OpenSetup, to_message
-from ui.pin_guard import PinGuard
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.setup import SetupScreen
 from ui.view import CheckoutView
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_SOCKET", "CheckoutApp", "build_app", "main"]
+__all__ = ["DEFAULT_SOCKET", "CheckoutApp", "build_app", "main"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/sadad-agent/agent.sock"
-DEFAULT_CONFIG = "/etc/sadad-agent/agent.toml"
 INTENT_TIMEOUT = 10.0
 
 
@@ -57,36 +55,39 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class CheckoutApp(App[None]):
-    """The checkout. ``client`` and ``clock`` (ms) can be injected for tests."""
+class CheckoutApp(App[None], inherit_bindings=False):
+    """The checkout. ``client`` and ``clock`` (ms) can be injected for tests.
+
+    It cannot be quit from its keyboard (the unit runs it on the terminal's
+    screen for the cashier) unless ``allow_quit`` (the demo: Ctrl+Q)."""
 
     CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses live elsewhere
     TITLE = "Sadad checkout"
     ENABLE_COMMAND_PALETTE = False
+    # Ctrl+Q quits only where allowed (the demo); on a terminal it does nothing.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+q", "quit", "Quit", show=False),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
     def __init__(
         self,
         socket_path: str = DEFAULT_SOCKET,
-        config_path: str | os.PathLike[str] = DEFAULT_CONFIG,
         client: BridgeClient | None = None,
         *,
         clock: Callable[[], int] | None = None,
         ascii_borders: bool = False,
         ansi_colors: bool = False,
         hint: str = "",
+        allow_quit: bool = False,
     ) -> None:
         super().__init__()
         self.client = client or BridgeClient(socket_path)
-        self.config_path = config_path
+        self.allow_quit = allow_quit
         self.view = CheckoutView()
         self.clock = clock or _now_ms
         self.ascii_borders = ascii_borders
         self.ansi_colors = ansi_colors
         self.hint = hint
-        self.pin_guard = PinGuard()
         self.setup_open = False
         self._scrollbar_renderer = ScrollBar.renderer
         self._checkout: CheckoutScreen | None = None
@@ -99,6 +100,11 @@ class CheckoutApp(App[None]):
                 self.view, self.clock, ascii_only=self.ascii_borders, hint=self.hint
             )
         return self._checkout
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "quit":
+            return self.allow_quit
+        return True
 
     def get_default_screen(self) -> CheckoutScreen:
         return self.checkout
@@ -172,13 +178,7 @@ class CheckoutApp(App[None]):
             self.notify("Finish or cancel the order first", severity="warning")
             return
         self.setup_open = True
-        screen = SetupScreen(
-            self.config_path,
-            self.client,
-            self.clock,
-            self.pin_guard,
-            ascii_only=self.ascii_borders,
-        )
+        screen = SetupScreen(self.client, self.clock, ascii_only=self.ascii_borders)
         self.push_screen(screen, callback=self._setup_closed)
         self.setup_intent("enter_setup")
 
@@ -205,7 +205,7 @@ def build_app(argv: Sequence[str] | None = None) -> CheckoutApp:
     parser = argparse.ArgumentParser(prog="sadad-ui", description="Sadad checkout screen")
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help="the agent's UI socket")
     parser.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="the agent's config (setup edits it)"
+        "--allow-quit", action="store_true", help="Ctrl+Q quits (the demo; never on a terminal)"
     )
     parser.add_argument(
         "--ascii",
@@ -223,8 +223,8 @@ def build_app(argv: Sequence[str] | None = None) -> CheckoutApp:
     args = parser.parse_args(argv)
     return CheckoutApp(
         args.socket,
-        args.config,
         ascii_borders=args.ascii,
+        allow_quit=args.allow_quit,
         ansi_colors=args.ansi_colors,
         hint=args.hint,
     )

@@ -28,9 +28,11 @@ from agent.bridge_protocol import (
     OrderInfo,
     QueueEvent,
     ReadersEvent,
+    ReadSetupIntent,
     ReloadIntent,
     Reply,
     ResultInfo,
+    SaveSetupIntent,
     Screen,
     ScreenEvent,
     Snapshot,
@@ -38,6 +40,7 @@ from agent.bridge_protocol import (
     TerminalInfo,
     TestConnectionIntent,
     TestReaderIntent,
+    UnlockSetupIntent,
     encode_line,
     intent_from_args,
 )
@@ -106,7 +109,14 @@ INTENTS: list[Intent] = [
     StatusIntent(id="6"),
     EnterSetupIntent(id="7"),
     LeaveSetupIntent(id="8"),
+    UnlockSetupIntent(id="9", pin="246810"),
+    ReadSetupIntent(id="10"),
+    SaveSetupIntent(id="11", broker_url="mqtts://b", readers=(("nfc", "pn532:/dev/x"),)),
 ]
+
+
+def test_a_pin_is_never_in_a_repr() -> None:
+    assert "246810" not in repr(UnlockSetupIntent(id="9", pin="246810"))
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
@@ -126,7 +136,8 @@ def test_every_intent_name_has_a_type() -> None:
     tags = {type(i).__struct_config__.tag for i in INTENTS}
     assert tags == set(INTENT_NAMES)
     for name in INTENT_NAMES:
-        assert intent_from_args(name, "x").id == "x"
+        args = {"pin": "1234"} if name == "unlock_setup" else {}
+        assert intent_from_args(name, "x", **args).id == "x"
 
 
 def test_wire_shape_matches_the_documented_protocol() -> None:

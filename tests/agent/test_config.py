@@ -19,8 +19,10 @@ from agent.config import (
     load_config,
     loads_config,
     mqtt_password,
-    technician_pin,
+    technician_pin_hash,
+    trust_problems,
 )
+from agent.technician import hash_pin
 from cloud.errors import SadadError
 from cloud.signing import generate_key_pem
 
@@ -298,24 +300,10 @@ BAD: list[tuple[str, str, str]] = [
         'terminal.sn: must be 1-32 letters, digits, _ or - (the MQTT client id), got "T1/#"',
     ),
     (
-        "pin as a number is not echoed",
-        edit(
-            'store_name = "Sandbox Store"', 'store_name = "Sandbox Store"\ntechnician_pin = 98765'
-        ),
-        'terminal.technician_pin: must be a string of 4-12 digits (quote it: "1234")',
-    ),
-    (
-        "bad pin is not echoed",
-        edit('store_name = "Sandbox Store"', 'store_name = "x"\ntechnician_pin = "98a65"'),
-        "terminal.technician_pin: must be a string of 4-12 digits",
-    ),
-    (
-        "pin twice",
-        edit(
-            'store_name = "Sandbox Store"',
-            'store_name = "x"\ntechnician_pin = "9876"\ntechnician_pin_file = "pin"',
-        ),
-        "terminal.technician_pin: give technician_pin or technician_pin_file, not both",
+        "a plain pin in the config is refused and not echoed",
+        edit('store_name = "Sandbox Store"', 'store_name = "x"\ntechnician_pin = "98765"'),
+        "terminal.technician_pin: a PIN is never written in the config: make its hash file "
+        "with `sadad-agent pin set` and name it in technician_pin_file",
     ),
     (
         "gateway URL",
@@ -497,23 +485,51 @@ def test_secret_files(tmp_path: Path) -> None:
         text,
     )
     path.write_text(text)
-    (tmp_path / "pin").write_text("12ab\n")
+    (tmp_path / "pin").write_text("4321\n")  # the PIN itself, not its hash
     (tmp_path / "mqtt.pw").write_text("")
     cfg = load_config(path)
     assert check_files(cfg) == [
-        f"{path}: terminal.technician_pin_file: {tmp_path}/pin: must hold 4-12 digits",
+        f"{path}: terminal.technician_pin_file: {tmp_path}/pin: holds a PIN in plain text: "
+        "make a hash with `sadad-agent pin set`",
         f"{path}: mqtt.password_file: {tmp_path}/mqtt.pw: the file is empty",
     ]
-    (tmp_path / "pin").write_text("4321\n")
+    hashed = hash_pin("4321")
+    (tmp_path / "pin").write_text(hashed + "\n")
     (tmp_path / "mqtt.pw").write_text("s3cret\n")
     assert check_files(cfg) == []
-    assert technician_pin(cfg) == "4321"
+    assert technician_pin_hash(cfg) == hashed
     assert mqtt_password(cfg.mqtt) == "s3cret"
-
-    inline = loads_config(edit('store_name = "Sandbox Store"', 'technician_pin = "0000"'))
-    assert technician_pin(inline) == "0000"
-    assert technician_pin(loads_config(GOOD)) is None
+    assert technician_pin_hash(loads_config(GOOD)) is None
     assert mqtt_password(loads_config(GOOD).mqtt) is None
+
+
+def test_keys_someone_else_could_replace_are_not_trusted(tmp_path: Path) -> None:
+    """Like OpenSSH's StrictModes: the gateway key and the PIN hash, and their
+    directory, are writable by root (or the agent) only - through a symlink
+    too - or the agent does not start."""
+    path = _files(tmp_path)
+    cfg = load_config(path)
+    assert trust_problems(cfg) == []
+    key = cfg.gateway.public_key_file
+    key.chmod(0o664)
+    (problem,) = trust_problems(cfg)
+    assert "gateway.public_key_file: not trusted: the file" in problem
+    assert "can be written by its group or others" in problem
+    key.chmod(0o644)
+    tmp_path.chmod(0o775)
+    (problem,) = trust_problems(cfg)
+    assert f"its directory {tmp_path.resolve()}" in problem
+    tmp_path.chmod(0o755)
+    outside = tmp_path / "shared"
+    outside.mkdir(mode=0o777)
+    outside.chmod(0o777)
+    (outside / "planted.pem").write_bytes(key.read_bytes())
+    key.unlink()
+    key.symlink_to(outside / "planted.pem")  # a link to where anyone may write
+    (problem,) = trust_problems(cfg)
+    assert "planted" not in problem or "shared" in problem
+    assert "can be written by its group or others" in problem
+    assert any("not trusted" in p for p in check_files(cfg))
 
 
 def _self_signed(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""ui.config_edit: the setup form applied to agent.toml, comments kept, atomic."""
+"""agent.config_edit: the setup form applied to agent.toml, comments kept, atomic."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
-from tests.ui.conftest import write_config
-from ui.config_edit import (
+from agent.config_edit import (
     EcrHubSettings,
     apply_settings,
     format_readers,
@@ -19,6 +18,7 @@ from ui.config_edit import (
     read_settings,
     save_settings,
 )
+from tests.ui.conftest import write_config
 
 EXAMPLE = Path(__file__).parents[2] / "systemd" / "agent.toml.example"
 

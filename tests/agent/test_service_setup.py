@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,13 +17,17 @@ from agent.bridge_protocol import (
     Intent,
     LeaveSetupIntent,
     LineDecoder,
+    ReadSetupIntent,
     Reply,
+    UnlockSetupIntent,
     encode_line,
 )
 from agent.config import AgentConfig, GatewayConfig, MqttConfig, TerminalConfig, UiConfig
 from agent.engine import Engine, EngineSettings
 from agent.journal import Journal
 from agent.service import AgentService
+from agent.setup_access import SetupAccess
+from agent.technician import hash_pin
 from tests.agent.simpeers import GW_PUBLIC, SN, TERM_PRIVATE, SimGateway
 
 
@@ -72,6 +77,8 @@ async def service(tmp_path: Path) -> AsyncIterator[AgentService]:
     settings = EngineSettings(sn=SN, private_key=TERM_PRIVATE, gateway_public_key=GW_PUBLIC)
     journal = Journal(tmp_path / "journal.db")
     svc.engine = Engine(settings, journal, SimGateway().client(), [])
+    svc.journal = journal
+    svc.setup = SetupAccess(journal)
     svc.bridge = svc._build_bridge()
     await svc.bridge.start()
     yield svc
@@ -112,3 +119,90 @@ async def test_leave_setup_then_hanging_up_is_plain(service: AgentService) -> No
     assert service.status()["screen"] == "SETUP"
     other.kill()
     await wait_for_screen(service, "IDLE")
+
+
+PIN = "246810"
+
+
+@pytest.fixture
+async def pinned(tmp_path: Path) -> AsyncIterator[AgentService]:
+    """The service with a technician PIN hash and a config file to edit."""
+    (tmp_path / "technician.pin").write_text(hash_pin(PIN) + "\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""[terminal]
+sn = "{SN}"
+app_id = "{SN}"
+private_key_file = "k.pem"
+technician_pin_file = "technician.pin"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1"
+
+[gateway]
+url = "http://127.0.0.1:9"
+public_key_file = "gw.pem"
+
+[ui]
+socket = "agent.sock"
+"""
+    )
+    from agent.config import load_config
+
+    svc = AgentService(load_config(config))
+    journal = Journal(tmp_path / "journal.db")
+    settings = EngineSettings(sn=SN, private_key=TERM_PRIVATE, gateway_public_key=GW_PUBLIC)
+    svc.engine = Engine(settings, journal, SimGateway().client(), [])
+    svc.journal = journal
+    svc.setup = SetupAccess(journal)
+    svc.bridge = svc._build_bridge()
+    await svc.bridge.start()
+    yield svc
+    await svc.bridge.close()
+    journal.close()
+
+
+async def test_the_pin_is_checked_by_the_agent_and_its_lockout_is_durable(
+    pinned: AgentService, tmp_path: Path
+) -> None:
+    tech = await Ui.open(pinned.cfg.ui.socket)
+    locked = {"ok": False, "reason": "setup is locked: enter the technician PIN"}
+    assert (await tech.ask(ReadSetupIntent(id="r-0"))).data == locked  # no PIN, no settings
+    answers = [
+        (await tech.ask(UnlockSetupIntent(id=f"u-{i}", pin="000000"))).data for i in range(5)
+    ]
+    assert [a.get("attempts_left") for a in answers[:4]] == [4, 3, 2, 1]
+    assert answers[4]["reason"] == "locked"
+    assert answers[4]["locked_for"] == 60
+    refused = (await tech.ask(UnlockSetupIntent(id="u-5", pin=PIN))).data
+    assert refused["reason"] == "locked"  # the right PIN while locked: not even checked
+    tech.kill()
+
+    # Another agent process on the same journal (a restart): still locked.
+    again = SetupAccess(Journal(tmp_path / "journal.db"))
+    assert (await again.unlock(pinned.cfg, "ui-2", PIN))["reason"] == "locked"
+    assert again.journal.lockout()[:2] == (0, 1)
+    again.journal.set_lockout(0, 1, 0)  # the minute passed
+    assert (await again.unlock(pinned.cfg, "ui-2", "111111"))["attempts_left"] == 4
+    for _ in range(4):
+        await again.unlock(pinned.cfg, "ui-2", "111111")
+    assert again.journal.lockout()[1] == 2  # the second lockout: twice as long
+    assert again.journal.lockout()[2] - time.time() * 1000 > 119_000
+    again.journal.set_lockout(0, 2, 0)
+    assert await again.unlock(pinned.cfg, "ui-2", PIN) == {"ok": True}
+    assert again.journal.lockout() == (0, 0, 0)  # a correct PIN clears it all
+    log = again.journal.setup_log(limit=50)
+    assert {a for _t, a, _o in log} == {"unlock", "ReadSetup"} or {"unlock"} <= {
+        a for _t, a, _o in log
+    }
+    assert PIN not in repr(log)
+    again.journal.close()
+
+    # A fresh connection to the running agent needs the PIN again.
+    ui = await Ui.open(pinned.cfg.ui.socket)
+    assert (await ui.ask(ReadSetupIntent(id="r-1"))).data == locked
+    assert (await ui.ask(UnlockSetupIntent(id="u-9", pin=PIN))).data == {"ok": True}
+    read = (await ui.ask(ReadSetupIntent(id="r-2"))).data
+    assert read["ok"]
+    assert read["settings"]["terminal_sn"] == SN
+    ui.kill()

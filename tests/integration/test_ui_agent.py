@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import tomlkit
 
+from agent.technician import hash_pin
 from cloud.messages import TransStatus
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import REPO, SandboxHandle, wait_until
@@ -56,7 +57,7 @@ def term(
     technician PIN so setup can be unlocked."""
     t = Terminal(module_sandbox, "U" + os.urandom(5).hex().upper(), tmp_path_factory.mktemp("ui"))
     try:
-        (t.config.parent / "technician.pin").write_text(PIN + "\n")
+        (t.config.parent / "technician.pin").write_text(hash_pin(PIN) + "\n")
         doc = tomlkit.parse(t.config.read_text())
         terminal = doc["terminal"]
         assert isinstance(terminal, tomlkit.items.Table)
@@ -96,7 +97,7 @@ async def test_push_wakes_the_ui_and_the_sale_completes(term: Terminal) -> None:
     by Enter, a card tapped, approved with the masked card on screen; the POS
     sees the order completed (trans_status 2)."""
     await asyncio.to_thread(wait_idle, term)
-    app = build_app(["--socket", str(term.socket), "--config", str(term.config)])
+    app = build_app(["--socket", str(term.socket)])
     async with app.run_test(size=(80, 24)) as pilot:
         idle = await shows(pilot, app, IDLE, f"[{term.sn}]", "TMS (MQTT)    connected")
         assert "Reader nfc    ready" in idle
@@ -151,7 +152,7 @@ class UiProcess:
             self.proc = subprocess.Popen(
                 [
                     str(Path(sys.executable).with_name("sadad-ui")),
-                    *("--socket", str(term.socket), "--config", str(term.config)),
+                    *("--socket", str(term.socket)),
                 ],
                 cwd=REPO,
                 env=env,

@@ -9,6 +9,7 @@ ScreenEvents like the engine would and check what the UI sent back.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from typing import Any
 import pytest
 
 from agent import bridge_protocol as bp
-from agent.bridge import BridgeServer
+from agent.bridge import BridgeServer, intent_client
+from agent.config import ConfigError, load_config
+from agent.journal import Journal
+from agent.setup_access import LOCKED as SETUP_LOCKED
+from agent.setup_access import SetupAccess
+from agent.technician import hash_pin
 from cloud.messages import Screen
 from cloud.signing import generate_key_pem
 from ui.app import CheckoutApp
@@ -44,7 +50,14 @@ class ScriptedAgent:
         self.path = path
         self.intents: list[bp.Intent] = []
         self.replies: dict[str, Reply] = {}
-        self.server = BridgeServer(str(path), hello=self.hello, on_intent=self.on_intent)
+        self.server = BridgeServer(
+            str(path), hello=self.hello, on_intent=self.on_intent, on_disconnect=self._gone
+        )
+        self.journal = Journal(path.with_name("journal.db"))
+        self.setup = SetupAccess(self.journal)
+
+    def _gone(self, client: str) -> None:
+        self.setup.leave(client)
 
     def hello(self) -> bp.HelloEvent:
         return bp.HelloEvent(
@@ -54,11 +67,40 @@ class ScriptedAgent:
 
     async def on_intent(self, intent: bp.Intent) -> dict[str, Any]:
         self.intents.append(intent)
-        name = type(intent).__struct_config__.tag
-        reply = self.replies.get(str(name), {"accepted": True})
+        name = str(type(intent).__struct_config__.tag)
+        reply = self.replies.get(name)
+        if reply is None and name in SETUP_INTENTS:
+            return await self._setup(intent)
+        if reply is None:
+            reply = {"accepted": True}
         if isinstance(reply, Exception):
             raise reply
         return reply(intent) if callable(reply) else reply
+
+    async def _setup(self, intent: bp.Intent) -> dict[str, Any]:
+        """Setup as the real agent does it (``agent.setup_access``, a real
+        journal), for the agent.toml beside the socket."""
+        client = intent_client() or ""
+        try:
+            cfg = load_config(self.path.with_name("agent.toml"))
+        except ConfigError as exc:
+            return {"ok": False, "reason": f"the config does not load: {exc}"}
+        if isinstance(intent, bp.UnlockSetupIntent):
+            return await self.setup.unlock(cfg, client, intent.pin)
+        if isinstance(intent, bp.LeaveSetupIntent):
+            self.setup.leave(client)
+            return {"setup": False}
+        if not self.setup.unlocked(client):
+            return dict(SETUP_LOCKED)
+        if isinstance(intent, bp.ReadSetupIntent):
+            return self.setup.read(cfg)
+        assert isinstance(intent, bp.SaveSetupIntent)
+        saved = await self.setup.save(cfg, intent)
+        if not saved["ok"]:
+            return saved
+        reload = self.replies.get("reload", {"ok": True, "reason": "reloaded"})
+        assert isinstance(reload, dict)
+        return {**saved, "reloaded": reload["ok"], "reason": reload["reason"]}
 
     def names(self) -> list[str]:
         return [str(type(i).__struct_config__.tag) for i in self.intents]
@@ -83,20 +125,18 @@ async def agent(tmp_path: Path) -> AsyncIterator[ScriptedAgent]:
     await a.start()
     yield a
     await a.server.close()
+    a.journal.close()
 
 
 def make_app(
     socket: Path, config: Path | None = None, *, clock: int = NOW, **kwargs: Any
 ) -> CheckoutApp:
-    """The app with a fast-reconnecting client and a frozen clock."""
+    """The app with a fast-reconnecting client and a frozen clock. ``config``
+    is the agent's (the scripted agent serves setup from the agent.toml beside
+    its socket; the UI never reads it)."""
+    assert config is None or config.parent == socket.parent
     client = BridgeClient(str(socket), backoff_initial=0.02, backoff_max=0.1)
-    return CheckoutApp(
-        str(socket),
-        str(config or socket.with_name("agent.toml")),
-        client,
-        clock=lambda: clock,
-        **kwargs,
-    )
+    return CheckoutApp(str(socket), client, clock=lambda: clock, **kwargs)
 
 
 async def until(pilot: Any, cond: Callable[[], object], what: str = "the screen") -> None:
@@ -116,6 +156,12 @@ def screen_text(app: CheckoutApp) -> str:
 # ---------------------------------------------------------------- config files
 
 PIN = "246810"
+SETUP_INTENTS = ("unlock_setup", "read_setup", "save_setup", "leave_setup")
+
+
+@functools.cache
+def _hash(pin: str) -> str:
+    return hash_pin(pin)  # scrypt: made once per PIN for the whole run
 
 
 def write_config(directory: Path, *, pin: str | None = PIN) -> Path:
@@ -126,10 +172,10 @@ def write_config(directory: Path, *, pin: str | None = PIN) -> Path:
     (directory / "gateway_public.pem").write_text(public)
     for name in ("ca.pem", "terminal.crt", "terminal.key"):
         (directory / name).write_text("-----BEGIN CERTIFICATE-----\n")
-    pin_line = '# technician_pin_file = "technician.pin"    # 4-12 digits'
+    pin_line = '# technician_pin_file = "technician.pin"    # the setup PIN\'s hash'
     if pin is not None:
-        (directory / "technician.pin").write_text(pin + "\n")
-        pin_line = 'technician_pin_file = "technician.pin"    # 4-12 digits'
+        (directory / "technician.pin").write_text(_hash(pin) + "\n")
+        pin_line = 'technician_pin_file = "technician.pin"    # the setup PIN\'s hash'
     text = CONFIG_TEMPLATE.replace("@PIN@", pin_line)
     path = directory / "agent.toml"
     path.write_text(text)

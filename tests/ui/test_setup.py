@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import pytest
 from textual.widgets import Input, TextArea
 
 from agent import bridge_protocol as bp
@@ -13,7 +11,6 @@ from agent.config import load_config
 from cloud.messages import Screen
 from tests.ui.conftest import ORDER, PIN, ScriptedAgent, make_app, screen_text, until, write_config
 from ui.app import CheckoutApp
-from ui.screens import setup as setup_screen
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.setup import SetupScreen
 
@@ -71,7 +68,13 @@ async def test_wrong_pin_stays_locked_then_right_pin_opens(
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, CheckoutScreen))
         await until(pilot, lambda: "leave_setup" in agent.names(), "the agent's intents")
-        assert agent.names() == ["enter_setup", "leave_setup"]
+        assert agent.names() == [
+            "enter_setup",
+            "unlock_setup",
+            "unlock_setup",
+            "read_setup",
+            "leave_setup",
+        ]
 
 
 async def test_too_many_wrong_pins_lock_out_across_reopening(
@@ -80,52 +83,75 @@ async def test_too_many_wrong_pins_lock_out_across_reopening(
     app = make_app(agent.path, write_config(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
         await _open(pilot, app)
-        for _ in range(5):
+        await _enter_pin(pilot, app, "9999")
+        await until(pilot, lambda: _shows(app, "Wrong PIN: setup stays locked. 4 tries left."))
+        for _ in range(4):
             await _enter_pin(pilot, app, "9999")
-        await until(pilot, lambda: _shows(app, "locked for 60 s"))
+            await pilot.pause(0.1)
+        await until(pilot, lambda: _shows(app, "try again in 60 s"))
         await pilot.press("escape", "f2")
         await until(pilot, lambda: _shows(app, "Enter the technician PIN"))
         await _enter_pin(pilot, app, PIN)
         await until(pilot, lambda: _shows(app, "Too many wrong PINs: try again in 60 s."))
         assert "Broker URL" not in screen_text(app)
-
-
-async def test_pin_entered_while_it_loads_is_checked_once_loaded(
-    agent: ScriptedAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    loaded = threading.Event()
-    load_pin = setup_screen._load_pin
-
-    def slow_load(path: Path) -> str | None:
-        loaded.wait(5)
-        return load_pin(path)
-
-    monkeypatch.setattr(setup_screen, "_load_pin", slow_load)
-    app = make_app(agent.path, write_config(tmp_path))
-    async with app.run_test(size=(80, 24)) as pilot:
-        await _open(pilot, app)
-        await pilot.press(*PIN, "enter")  # typed before the config is read
-        await pilot.pause(0.05)
-        assert "Broker URL" not in screen_text(app)
-        loaded.set()
-        await until(pilot, lambda: _shows(app, "Broker URL", "Terminal SN"))
+    # The agent counts, not the UI: a new UI process finds it locked too.
+    again = make_app(agent.path)
+    async with again.run_test(size=(80, 24)) as pilot:
+        await _open(pilot, again)
+        await _enter_pin(pilot, again, PIN)
+        await until(pilot, lambda: _shows(again, "Too many wrong PINs"))
+    actions = [a for _at, a, _o in agent.journal.setup_log(limit=20)]
+    assert actions.count("unlock") == 7
+    assert PIN not in repr(agent.journal.setup_log(limit=20))
 
 
 async def test_no_pin_configured_stays_locked(agent: ScriptedAgent, tmp_path: Path) -> None:
     app = make_app(agent.path, write_config(tmp_path, pin=None))
     async with app.run_test(size=(80, 24)) as pilot:
         await _open(pilot, app)
+        await _enter_pin(pilot, app, "1234")
         await until(pilot, lambda: _shows(app, "no technician PIN configured"))
         assert app.screen.query_one("#pin", Input).disabled
-        await _enter_pin(pilot, app, "1234")
+        assert "Broker URL" not in screen_text(app)
+
+
+async def test_a_plain_pin_in_the_file_is_not_a_pin(agent: ScriptedAgent, tmp_path: Path) -> None:
+    write_config(tmp_path)
+    (tmp_path / "technician.pin").write_text(PIN + "\n")  # the old, plain-text way
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open(pilot, app)
+        await _enter_pin(pilot, app, PIN)
+        await until(pilot, lambda: _shows(app, "plain text"))
         assert "Broker URL" not in screen_text(app)
 
 
 async def test_unreadable_config_stays_locked(agent: ScriptedAgent, tmp_path: Path) -> None:
-    app = make_app(agent.path, tmp_path / "missing.toml")
+    app = make_app(agent.path)  # no agent.toml at all
     async with app.run_test(size=(80, 24)) as pilot:
         await _open(pilot, app)
-        await until(pilot, lambda: _shows(app, "the config does not load", "cannot read"))
+        await _enter_pin(pilot, app, PIN)
+        await until(pilot, lambda: _shows(app, "the config does not load"))
+
+
+async def test_setup_actions_need_the_pin_at_the_agent(agent: ScriptedAgent) -> None:
+    """A process of the UI's user that skips the screen gets nothing."""
+    write_config(agent.path.parent)
+    from ui.bridge_client import BridgeClient
+
+    client = BridgeClient(str(agent.path))
+    await client.connect()
+    try:
+        for name in ("read_setup", "save_setup"):
+            reply = await client.request(name, timeout=5)
+            assert reply.data == {
+                "ok": False,
+                "reason": "setup is locked: enter the technician PIN",
+            }
+        assert (await client.request("unlock_setup", timeout=5, pin=PIN)).data == {"ok": True}
+        assert (await client.request("read_setup", timeout=5)).data["ok"]
+    finally:
+        await client.close()
 
 
 async def test_test_connection_failure_then_success(agent: ScriptedAgent, tmp_path: Path) -> None:
@@ -183,7 +209,7 @@ async def test_save_rewrites_the_config_keeping_comments_and_reloads(
         screen.query_one("#readers", TextArea).text = 'nfc = "pn532:/dev/ttyUSB0"'
         await pilot.press("ctrl+s")
         await until(pilot, lambda: _shows(app, "Saved. The agent reloaded the configuration."))
-        assert agent.names()[-1] == "reload"
+        assert agent.names()[-1] == "save_setup"
     after = config.read_text()
     assert [ln for ln in before.splitlines() if ln.lstrip().startswith("#")] == [
         ln for ln in after.splitlines() if ln.lstrip().startswith("#")
@@ -210,10 +236,9 @@ async def test_save_shows_problems_and_writes_nothing(agent: ScriptedAgent, tmp_
         await pilot.press("ctrl+s")
         await until(pilot, lambda: _shows(app, "Not saved:", "readers line 1: write NAME"))
     assert config.read_text() == before
-    assert "reload" not in agent.names()
 
 
-async def test_save_with_the_agent_down_and_a_refused_reload(
+async def test_save_with_a_refused_reload_and_with_the_agent_down(
     agent: ScriptedAgent, tmp_path: Path
 ) -> None:
     agent.replies["reload"] = {"ok": False, "reason": "journal.path cannot change on reload"}
@@ -228,10 +253,10 @@ async def test_save_with_the_agent_down_and_a_refused_reload(
         await until(pilot, lambda: not app.client.connected, "the client")
         app.screen.query_one("#terminal_sn", Input).value = "T0006"
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: _shows(app, "Saved. The agent is not running"))
+        await until(pilot, lambda: _shows(app, "Not saved: Setup needs the agent"))
         await pilot.press("f5")
         await until(pilot, lambda: _shows(app, "Connection failed: agent: the agent is not"))
-    assert load_config(config).terminal.sn == "T0006"
+    assert load_config(config).terminal.sn == "T0005"  # only the agent writes it
 
 
 async def test_setup_opens_while_the_agent_is_down(tmp_path: Path) -> None:
@@ -268,8 +293,17 @@ async def test_setup_in_ascii_mode_draws_with_ascii_only(
         assert app.theme == "ansi-dark"
 
 
+async def test_ctrl_q_does_nothing_unless_allowed(agent: ScriptedAgent) -> None:
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: _shows(app, "Ready for the next order"))
+        await pilot.press("ctrl+q", "ctrl+c")
+        await pilot.pause(0.1)
+        assert app.is_running
+
+
 async def test_quitting_during_setup_leaves_setup(agent: ScriptedAgent, tmp_path: Path) -> None:
-    app = make_app(agent.path, write_config(tmp_path))
+    app = make_app(agent.path, write_config(tmp_path), allow_quit=True)
     async with app.run_test(size=(80, 24)) as pilot:
         await _open(pilot, app)
         await until(pilot, lambda: "enter_setup" in agent.names(), "the agent's intents")

@@ -76,9 +76,7 @@ class PeerApp(CheckoutApp):
 
     def __init__(self, *, run_agent: bool = True, **kwargs: Any) -> None:
         client = BridgeClient("agent.sock", backoff_initial=0.02, backoff_max=0.1)
-        super().__init__(
-            "agent.sock", "agent.toml", client, clock=lambda: ORDER.expires_at - 95_000, **kwargs
-        )
+        super().__init__("agent.sock", client, clock=lambda: ORDER.expires_at - 95_000, **kwargs)
         self.run_agent = run_agent
         self.agent: ScriptedAgent | None = None
 

@@ -11,7 +11,6 @@ from ui import bigfont
 from ui.app import build_app
 from ui.bridge_client import AgentLost
 from ui.messages import AgentDown, AgentHello, QueueChanged, ScreenChanged, to_message
-from ui.pin_guard import PinGuard
 from ui.view import CheckoutView, countdown_text, format_amount, mask_digits, methods_text
 
 
@@ -133,28 +132,18 @@ def test_messages_are_typed() -> None:
     assert to_message(bp.Reply(id="1", ok=True)) is None
 
 
-def test_pin_guard_locks_out_after_repeated_wrong_pins() -> None:
-    g = PinGuard(max_attempts=3, lockout_ms=60_000)
-    assert g.check("1234", "2468", NOW) == "wrong"
-    assert g.check("", "2468", NOW) == "wrong"
-    assert g.check("2468", "2468", NOW) == "ok"  # success resets the count
-    for _ in range(3):
-        assert g.check("0000", "2468", NOW) == "wrong"
-    assert g.seconds_locked(NOW) == 60
-    assert g.check("2468", "2468", NOW + 59_000) == "locked"
-    assert g.check("2468", "2468", NOW + 60_000) == "ok"
-
-
 def test_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SADAD_UI_ASCII", "1")
     monkeypatch.setenv("TERM", "linux")
-    app = build_app(["--socket", "/tmp/a.sock", "--config", "/tmp/agent.toml"])
-    assert (app.client.path, str(app.config_path)) == ("/tmp/a.sock", "/tmp/agent.toml")
+    app = build_app(["--socket", "/tmp/a.sock", "--allow-quit"])
+    assert app.client.path == "/tmp/a.sock"
+    assert app.allow_quit
     assert app.ascii_borders
     assert app.ansi_colors
     monkeypatch.setenv("SADAD_UI_ASCII", "0")
     monkeypatch.setenv("TERM", "xterm-256color")
     app = build_app(["--hint", "hello"])
+    assert not app.allow_quit
     assert not app.ascii_borders
     assert not app.ansi_colors
     assert app.hint == "hello"

@@ -1,29 +1,31 @@
 """The setup screen (field technicians): PIN, then Settings > General > ECR Hub.
 
-A ModalScreen over the checkout. The PIN comes from the agent's config file
-(``agent.config.technician_pin``); with none configured, or a config that
-does not load, setup stays locked and says why. Once unlocked:
+A ModalScreen over the checkout, and a thin client like the rest of the UI:
+the agent decides everything (``agent.setup_access``).
 
-* Test connection: the ``test_connection`` intent; the agent answers
-  ``{"ok", "stage", "reason"}`` for the settings it runs with, shown as
-  "Connected" or "Connection failed: STAGE: REASON".
-* Test reader: the ``test_reader`` intent; the answer is shown (masked).
-* Save: ``ui.config_edit.save_settings`` (comments kept, validated with
-  ``loads_config``, written atomically) in a thread, then the ``reload``
-  intent. Problems are shown on screen, one per line; nothing is written
-  then.
+* The PIN goes to the agent (``unlock_setup``), which checks it against its
+  hash and keeps the lockout, so neither quitting the UI nor restarting it
+  resets the count; the answer is shown as "Wrong PIN" (with the tries
+  left), "Too many wrong PINs: try again in N s" or why setup stays locked
+  (no PIN configured, a config that does not load, no agent).
+* Once unlocked, the form is filled from the agent (``read_setup``).
+* Test connection: ``test_connection``; the agent answers ``{"ok", "stage",
+  "reason"}`` for the settings it runs with, shown as "Connected" or
+  "Connection failed: STAGE: REASON".
+* Test reader: ``test_reader``; the answer is shown (masked).
+* Save: ``save_setup``; the agent validates the settings, writes its config
+  (comments kept, atomically) and reloads. Problems are shown on screen,
+  one per line; nothing is written then. The UI's user cannot write the
+  config itself.
 
 The app sends ``enter_setup`` when it opens this screen and ``leave_setup``
-when it closes (Esc).
+when it closes (Esc); the agent locks setup again then.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual import work
 from textual.app import ComposeResult
@@ -34,29 +36,25 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, ContentSwitcher, Footer, Static
 
 from agent import bridge_protocol as bp
-from agent.config import ConfigError, load_config, technician_pin
+from agent.config import ConfigError
+from agent.config_edit import EcrHubSettings
 from ui.bridge_client import BridgeClient
-from ui.config_edit import EcrHubSettings, missing_tls_files, read_settings, save_settings
-from ui.pin_guard import PinGuard
 from ui.view import mask_digits
 from ui.widgets.ecr_hub_form import EcrHubForm
 from ui.widgets.pin_prompt import PinPrompt
 
 TEST_TIMEOUT = 45.0  # the agent's probe takes up to 10 s, a reader test 20 s
-RELOAD_TIMEOUT = 30.0
+SAVE_TIMEOUT = 45.0  # the write, then the agent's reload
+UNLOCK_TIMEOUT = 10.0
+AGENT_DOWN = "Setup needs the agent, which is not running."
 
 
-def _load_pin(path: Path) -> str | None:
-    """The PIN from the config (None: none configured). Raises ConfigError."""
-    return technician_pin(load_config(path))
-
-
-def _read_text(path: Path) -> str:
-    """Raises ConfigError."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+def _settings(data: Any) -> EcrHubSettings:
+    """The agent's ``read_setup`` answer as the form's settings."""
+    fields = dict(data) if isinstance(data, dict) else {}
+    readers = fields.pop("readers", ()) or ()
+    known = {k: str(v) for k, v in fields.items() if k in EcrHubSettings.__dataclass_fields__}
+    return EcrHubSettings(**known, readers=tuple((str(n), str(v)) for n, v in readers))
 
 
 class SetupScreen(ModalScreen[None]):
@@ -69,21 +67,15 @@ class SetupScreen(ModalScreen[None]):
 
     def __init__(
         self,
-        config_path: str | os.PathLike[str],
         client: BridgeClient,
         clock: Callable[[], int],
-        guard: PinGuard,
         *,
         ascii_only: bool = False,
     ) -> None:
         super().__init__(id="setup", classes="ascii" if ascii_only else "")
-        self.config_path = Path(config_path)
         self.client = client
         self.clock = clock
-        self.guard = guard
         self.unlocked = False
-        self.expected_pin: str | None = None
-        self.early_pin: str | None = None  # submitted before the PIN was loaded
         self.loaded: EcrHubSettings | None = None
 
     def compose(self) -> ComposeResult:
@@ -105,60 +97,49 @@ class SetupScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         self.query_one(PinPrompt).focus_pin()
-        self.load_pin()
 
     # ------------------------------------------------------------ PIN
 
-    @work(exclusive=True, group="setup-load")
-    async def load_pin(self) -> None:
-        prompt = self.query_one(PinPrompt)
-        try:
-            pin = await asyncio.to_thread(_load_pin, self.config_path)
-        except ConfigError as exc:
-            prompt.locked("Setup stays locked: the config does not load.\n" + str(exc))
-            return
-        if pin is None:
-            prompt.locked(
-                "Setup stays locked: no technician PIN configured.\n"
-                "Set terminal.technician_pin_file in the agent's config."
-            )
-            return
-        self.expected_pin = pin
-        if self.early_pin is not None:
-            self.check_pin(self.early_pin)
-
     def on_pin_prompt_submitted(self, event: PinPrompt.Submitted) -> None:
-        if self.expected_pin is None:
-            # Still loading (a fast typist): checked once loaded, not lost.
-            self.early_pin = event.pin
-            return
         self.check_pin(event.pin)
 
-    def check_pin(self, pin: str) -> None:
-        assert self.expected_pin is not None
-        self.early_pin = None
+    @work(exclusive=True, group="setup-unlock")
+    async def check_pin(self, pin: str) -> None:
         prompt = self.query_one(PinPrompt)
-        verdict = self.guard.check(pin, self.expected_pin, self.clock())
-        if verdict == "ok":
-            self.unlock()
-        elif verdict == "locked":
-            wait = self.guard.seconds_locked(self.clock())
-            prompt.wrong(f"Too many wrong PINs: try again in {wait} s.")
-        else:
-            wait = self.guard.seconds_locked(self.clock())
-            extra = f" Too many tries: locked for {wait} s." if wait else ""
-            prompt.wrong(f"Wrong PIN: setup stays locked.{extra}")
-
-    @work(exclusive=True, group="setup-load")
-    async def unlock(self) -> None:
-        self.unlocked = True
-        self.expected_pin = None
         try:
-            text = await asyncio.to_thread(_read_text, self.config_path)
-            self.loaded = read_settings(text, file=self.config_path.name)
-        except ConfigError as exc:
+            reply = await self._request("unlock_setup", UNLOCK_TIMEOUT, pin=pin)
+        except bp.AgentUnavailable:
+            prompt.wrong(AGENT_DOWN)
+            return
+        except bp.BridgeError as exc:
+            prompt.wrong(f"The PIN could not be checked: {exc}")
+            return
+        data = reply.data
+        if reply.ok and data.get("ok"):
+            await self.unlock()
+            return
+        why = reply.error or str(data.get("reason") or "refused")
+        if why == "locked":
+            prompt.wrong(f"Too many wrong PINs: try again in {data.get('locked_for', 0)} s.")
+        elif why == "wrong":
+            left = data.get("attempts_left")
+            prompt.wrong(f"Wrong PIN: setup stays locked. {left} tries left.")
+        else:
+            prompt.locked(f"Setup stays locked: {why}")
+
+    async def unlock(self) -> None:
+        try:
+            reply = await self._request("read_setup", UNLOCK_TIMEOUT)
+            data = reply.data
+        except bp.BridgeError as exc:
+            reply, data = None, {"ok": False, "reason": str(exc)}
+        self.unlocked = True
+        if reply is not None and reply.ok and data.get("ok"):
+            self.loaded = _settings(data.get("settings"))
+        else:
             self.loaded = EcrHubSettings()
-            self._result("save-result", f"The config does not load:\n{exc}", ok=False)
+            reason = (reply.error if reply is not None else None) or data.get("reason")
+            self._result("save-result", f"The settings could not be read:\n{reason}", ok=False)
         form = self.query_one(EcrHubForm)
         form.load(self.loaded)
         self.query_one(ContentSwitcher).current = "unlocked"
@@ -206,12 +187,12 @@ class SetupScreen(ModalScreen[None]):
         line.set_class(ok is False, "-failed")
         self.call_after_refresh(self.query_one("#unlocked").scroll_to_widget, line, animate=False)
 
-    async def _request(self, name: str, timeout: float) -> bp.Reply:
+    async def _request(self, name: str, timeout: float, **args: Any) -> bp.Reply:
         """Send an intent now. Raises BridgeError (AgentUnavailable at once
         when the agent is not connected, instead of waiting for it)."""
         if not self.client.connected:
             raise bp.AgentUnavailable("the agent is not running")
-        return await self.client.request(name, timeout=timeout)
+        return await self.client.request(name, timeout=timeout, **args)
 
     def _dirty(self) -> bool:
         try:
@@ -265,29 +246,38 @@ class SetupScreen(ModalScreen[None]):
         widget = "save-result"
         try:
             settings = self.query_one(EcrHubForm).settings()
-            cfg = await asyncio.to_thread(save_settings, self.config_path, settings)
         except ConfigError as exc:
             self._result(widget, "Not saved:\n" + str(exc), ok=False)
             return
-        self.loaded = settings
-        warnings = "".join(f"\nwarning: {w}" for w in missing_tls_files(cfg))
-        self._result(widget, f"Saved. Asking the agent to reload...{warnings}", ok=None)
+        self._result(widget, "Saving...", ok=None)
+        fields = {
+            "broker_url": settings.broker_url,
+            "terminal_sn": settings.terminal_sn,
+            "ca_file": settings.ca_file,
+            "cert_file": settings.cert_file,
+            "key_file": settings.key_file,
+            "gateway_url": settings.gateway_url,
+            "readers": [list(r) for r in settings.readers],
+        }
         try:
-            reply = await self._request("reload", RELOAD_TIMEOUT)
+            reply = await self._request("save_setup", SAVE_TIMEOUT, **fields)
         except bp.AgentUnavailable:
-            self._result(
-                widget,
-                f"Saved. The agent is not running: it reads the file when it starts.{warnings}",
-                ok=True,
-            )
+            self._result(widget, "Not saved: " + AGENT_DOWN, ok=False)
             return
         except bp.BridgeError as exc:
-            self._result(widget, f"Saved, but the reload failed: {exc}{warnings}", ok=False)
+            self._result(widget, f"Not saved: {exc}", ok=False)
             return
-        if reply.ok and reply.data.get("ok", True):
+        data = reply.data
+        if not reply.ok or not data.get("ok"):
+            reason = reply.error or str(data.get("reason") or "refused")
+            self._result(widget, "Not saved:\n" + reason, ok=False)
+            return
+        self.loaded = settings
+        warnings = "".join(f"\nwarning: {w}" for w in data.get("warnings") or ())
+        if data.get("reloaded"):
             self._result(widget, f"Saved. The agent reloaded the configuration.{warnings}", ok=True)
         else:
-            reason = reply.error or reply.data.get("reason") or "refused"
+            reason = data.get("reason") or "refused"
             self._result(
                 widget, f"Saved, but the agent did not reload: {reason}{warnings}", ok=False
             )

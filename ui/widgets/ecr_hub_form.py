@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, RadioSet, Static, TextArea
 
-from ui.config_edit import EcrHubSettings, format_readers, parse_readers
+from agent.config_edit import EcrHubSettings, format_readers, parse_readers
 from ui.widgets.console_radio import ConsoleRadioButton
 
 FIELDS: tuple[tuple[str, str, str], ...] = (
