@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a reader line for agent.toml, e.g. nfc=pn532:/dev/ttyUSB0 (repeatable)",
     )
     prov.add_argument("--store-name", default=DEFAULT_STORE_NAME, help="shown on the terminal")
+    prov.add_argument(
+        "--technician-pin",
+        metavar="DIGITS",
+        help="the setup screen's PIN (4-12 digits); its hash is written beside agent.toml",
+    )
 
     flt = sub.add_parser("fault", help="force failures for a terminal (see sandbox/README.md)")
     flt.add_argument("--data", required=True, type=Path, help="data directory")
@@ -256,7 +261,11 @@ def _provision(args: argparse.Namespace) -> int:
     try:
         readers = parse_readers(args.reader)
         done = provision_terminal(
-            Layout.of(args.data), args.terminal, readers=readers, store_name=args.store_name
+            Layout.of(args.data),
+            args.terminal,
+            readers=readers,
+            store_name=args.store_name,
+            technician_pin=args.technician_pin,
         )
     except ProvisionError as exc:
         print(f"sadad-sandbox provision: {exc}", file=sys.stderr)

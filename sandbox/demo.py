@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 SN = "DEMO0001"
+DEMO_PIN = "1234"  # opens the setup screen (F2): a demo's, printed, never a real terminal's
 SALES: list[tuple[str, list[str]]] = [
     (
         "contactless card",
@@ -186,6 +187,8 @@ def running(data: Path) -> Iterator[tuple[Stack, Path, Path]]:
             SN,
             "--store-name",
             "Demo Coffee",
+            "--technician-pin",
+            DEMO_PIN,
         ]
         for spec in readers:
             args += ["--reader", spec]
@@ -195,6 +198,7 @@ def running(data: Path) -> Iterator[tuple[Stack, Path, Path]]:
         socket = agent_toml.parent / "agent.sock"
         _wait_for(socket, 30)
         print(f"agent    {SN} running ({agent_toml})", flush=True)
+        print(f"setup    F2 on the checkout, technician PIN {DEMO_PIN}", flush=True)
         yield stack, Path(info["pos_config"]), agent_toml
     finally:
         stack.stop()

@@ -141,8 +141,11 @@ def provision_terminal(
     *,
     readers: Mapping[str, str] | None = None,
     store_name: str = DEFAULT_STORE_NAME,
+    technician_pin: str | None = None,
 ) -> Provisioned:
-    """Create (or refresh) terminal ``sn``: keys kept if present, agent.toml rewritten."""
+    """Create (or refresh) terminal ``sn``: keys kept if present, agent.toml
+    rewritten; with ``technician_pin``, its hash in ``technician.pin`` beside
+    it (``agent.technician``) so that setup opens with it."""
     if not _SN.fullmatch(sn):
         raise ProvisionError("terminal SN must be 1-32 of letters, digits, _ and -")
     for name in readers or {}:
@@ -160,8 +163,18 @@ def provision_terminal(
         store.add_terminal(sn, MERCHANT_NO, public_pem, store_name)
         http_url = store.get_state(STATE_HTTP_URL)
         mqtt_url = store.get_state(STATE_MQTT_URL)
+    pin_file = None
+    if technician_pin is not None:
+        from agent.technician import PIN, hash_pin
+
+        if not PIN.fullmatch(technician_pin):
+            raise ProvisionError("a technician PIN is 4-12 digits")
+        pin_file = tdir / "technician.pin"
+        pin_file.write_text(hash_pin(technician_pin) + "\n", "utf-8")
+        pin_file.chmod(0o600)
     config = tdir / "agent.toml"
     text = agent_toml(
+        technician_pin_file=pin_file,
         sn=sn,
         store_name=store_name,
         private_key=private,
@@ -180,6 +193,7 @@ def provision_terminal(
 
 def agent_toml(
     *,
+    technician_pin_file: Path | None = None,
     sn: str,
     store_name: str,
     private_key: Path,
@@ -208,6 +222,11 @@ def agent_toml(
         "private_key_file",
         tomlkit.item(str(private_key)).comment("signs cashier calls and events"),
     )
+    if technician_pin_file is not None:
+        terminal.add(
+            "technician_pin_file",
+            tomlkit.item(str(technician_pin_file)).comment("the setup PIN's hash"),
+        )
     doc.add("terminal", terminal)
 
     mqtt = tomlkit.table()

@@ -54,9 +54,12 @@ def test_make_demo_headless_in_a_fresh_copy(tmp_path: Path) -> None:
     assert len(lines) == 3
     assert all(": status 2 " in line for line in lines), lines
     assert "demo: 3 sales completed" in done.stdout
+    assert "setup    F2 on the checkout, technician PIN 1234" in done.stdout
     data = clone / "demo-data"  # the Makefile's default, relative to the clone
     agent_toml = next(data.rglob("agent.toml"))
     assert str(data / "nfc.tty") in agent_toml.read_text()  # absolute paths only
+    pin_hash = (agent_toml.parent / "technician.pin").read_text()
+    assert pin_hash.startswith("scrypt$")  # setup opens with the PIN, kept only hashed
     agent_log = (data / "logs" / "agent.log").read_text()
     for secret in ("4761739001010010", "134567890123456789"):
         assert secret not in agent_log

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load_config as agent_load_config
+from agent.config import technician_pin_hash
+from agent.technician import verify_pin
 from cloud.config import load_config
 from sandbox.keys import Layout
 from sandbox.provision import (
@@ -119,3 +122,15 @@ def test_pos_config_names_an_order_store_beside_it(tmp_path: Path) -> None:
     write_pos_config(layout, "http://127.0.0.1:2")
     assert load_config(path).order_store == tmp_path.absolute() / "pos-orders.db"
     assert "# mine" in path.read_text()
+
+
+def test_a_technician_pin_is_provisioned_hashed(tmp_path: Path) -> None:
+    layout = Layout.of(tmp_path)
+    done = provision_terminal(layout, "T7", technician_pin="4321")
+    cfg = agent_load_config(done.agent_config)
+    hashed = technician_pin_hash(cfg)
+    assert hashed is not None
+    assert verify_pin("4321", hashed)
+    assert "4321" not in done.agent_config.read_text()
+    with pytest.raises(ProvisionError, match="4-12 digits"):
+        provision_terminal(layout, "T7", technician_pin="12")
