@@ -769,8 +769,8 @@ _EXAMPLE = """\
 sn = "T0001"                          # terminal serial number: the MQTT client id
 app_id = "T0001"                      # the app_id the gateway issued to this terminal
 store_name = "Sandbox Store"          # shown on the checkout screen
-private_key_file = "terminal_private.pem"   # RSA-2048; signs cashier calls and events
-# technician_pin_file = "technician.pin"    # the setup PIN's hash: sadad-agent pin set
+private_key_file = "keys/terminal_private.pem"   # RSA-2048; signs cashier calls and events
+# technician_pin_file = "keys/technician.pin"    # the setup PIN's hash: sadad-agent pin set
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"         # mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS, 8883)
@@ -786,7 +786,7 @@ keepalive = 30                        # seconds, 5..3600; the broker sends the w
 
 [gateway]
 url = "http://127.0.0.1:8080"         # SadadSystem; cashier calls go to /api/cashier/entry
-public_key_file = "gateway_public.pem"   # verifies pushes and answers
+public_key_file = "keys/gateway_public.pem"   # verifies pushes and answers (root's only)
 # timeout = 15.0                      # seconds per HTTP call, 1..120
 # resolve_deadline = 60.0             # seconds of trans.detail before a reversal, 5..3600
 # allow_plain_http = false            # http:// to a host other than loopback: labs only
@@ -798,6 +798,7 @@ path = "/var/lib/sadad-agent/journal.db"
 
 [ui]
 socket = "/run/sadad-agent/agent.sock"   # the checkout screen connects here
+socket_group = "sadad-ui"             # the checkout's user (systemd/install.sh makes it)
 # result_seconds = 4.0                # how long a result stays on screen before the
                                       # next order, 0.1..60 (a restart applies it)
 

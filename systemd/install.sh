@@ -63,8 +63,10 @@ root="$destdir"
 etc="$root/etc"
 confdir="$etc/sadad-agent"
 
-# ---- the user: a system user whose only extra group is dialout (the readers);
-# the units add dialout / tty per process with SupplementaryGroups=.
+# ---- the users: sadad runs the agent (extra group dialout: the readers);
+# sadad-ui runs the checkout and is in no group of the agent's, so nothing
+# it can write is read by the agent. The agent joins the group sadad-ui per
+# process (SupplementaryGroups=) to give its socket to it.
 if [ "$make_user" = 1 ]; then
     if ! getent group dialout >/dev/null; then groupadd --system dialout; fi
     if ! id sadad >/dev/null 2>&1; then
@@ -74,7 +76,43 @@ if [ "$make_user" = 1 ]; then
     elif ! id -nG sadad | tr ' ' '\n' | grep -qx dialout; then
         usermod --append --groups dialout sadad
     fi
+    if ! id sadad-ui >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --comment "Sadad checkout screen" sadad-ui
+        echo "install.sh: created the system user sadad-ui"
+    fi
 fi
+
+# Owner and mode of a path, never through a symbolic link: the path is opened
+# O_NOFOLLOW and changed through its descriptor (chown/chmod on a name would
+# follow a link planted there to, say, /etc/shadow). "-" leaves the owner.
+# In a --destdir stage owners are never set (no users there).
+own() {  # PATH USER:GROUP MODE
+    "$python" - "$1" "$2" "$3" "$destdir" <<'PY' || die "cannot set the owner and mode of $1"
+import grp, os, pwd, stat, sys
+path, owner, mode, destdir = sys.argv[1:]
+try:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+except OSError as exc:
+    sys.exit(f"install.sh: refusing {path}: {exc.strerror} (a symbolic link?)")
+try:
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        sys.exit(f"install.sh: refusing {path}: not a regular file or directory")
+    if owner != "-" and not destdir:
+        user, group = owner.split(":")
+        os.fchown(fd, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
+    os.fchmod(fd, int(mode, 8))
+finally:
+    os.close(fd)
+PY
+}
+
+# A directory we create or keep: never one that is a symbolic link.
+real_dir() {  # PATH MODE
+    if [ -L "$1" ]; then die "refusing $1: it is a symbolic link (move it away, then run again)"; fi
+    install -d -m "$2" "$1"
+}
 
 # ---- the venv, with the project (not editable) in it
 install -d -m 0755 "$root$prefix"
@@ -97,18 +135,36 @@ fi
 install -m 0644 "$repo/README.md" "$root$prefix/README.md"
 install -m 0644 "$repo/firmware-notes.md" "$root$prefix/firmware-notes.md"
 
-# ---- configuration: root:sadad 0770 so that the setup screen (sadad-ui, user
-# sadad) can replace agent.toml atomically (temp file + rename in this
-# directory); the agent sees it read-only (ProtectSystem=strict). Keys stay
-# 0600 root:root here and reach the agent through LoadCredential=.
-install -d -m 0770 "$confdir"
+# ---- configuration: /etc/sadad-agent is root:sadad 0770: the agent (group
+# sadad) writes agent.toml when the setup screen saves (the checkout asks it;
+# its user sadad-ui cannot even read here). The keys the agent trusts live in
+# keys/, root:sadad 0750, which the agent cannot change: the gateway's public
+# key and the technician PIN's hash root:sadad 0640, the terminal's private
+# key root:root 0600, reaching the agent through LoadCredential= (or 0640
+# root:sadad if agent.toml names it directly). The agent refuses keys that
+# anyone but root could replace (agent.config.untrusted).
+real_dir "$confdir" 0770
+real_dir "$confdir/keys" 0750
+if [ -L "$confdir/agent.toml" ]; then
+    die "refusing $confdir/agent.toml: it is a symbolic link (move it away, then run again)"
+fi
 if [ ! -e "$confdir/agent.toml" ]; then
-    install -m 0640 "$here/agent.toml.example" "$confdir/agent.toml"
+    tmp=$(mktemp "$confdir/.agent.toml.XXXXXX")
+    cat "$here/agent.toml.example" >"$tmp"
+    chmod 0640 "$tmp"
+    mv -f "$tmp" "$confdir/agent.toml"
     echo "install.sh: wrote the example config $confdir/agent.toml"
 fi
-if [ -z "$destdir" ]; then
-    chown root:sadad "$confdir" "$confdir/agent.toml"
-    chmod 0770 "$confdir"
+own "$confdir" root:sadad 0770
+own "$confdir/keys" root:sadad 0750
+own "$confdir/agent.toml" - 0640
+for key in gateway_public.pem technician.pin; do
+    if [ -e "$confdir/keys/$key" ] || [ -L "$confdir/keys/$key" ]; then
+        own "$confdir/keys/$key" root:sadad 0640
+    fi
+done
+if [ -e "$confdir/keys/terminal_private.pem" ] || [ -L "$confdir/keys/terminal_private.pem" ]; then
+    own "$confdir/keys/terminal_private.pem" root:root 0600
 fi
 
 # ---- units (ExecStart follows --prefix) and udev rules
@@ -142,8 +198,10 @@ if [ -z "$destdir" ]; then
     fi
     cat <<EOF
 Installed. Next:
-  1. put the terminal key at $confdir/terminal_private.pem (0600 root:root) and
-     the gateway key at $confdir/gateway_public.pem, edit $confdir/agent.toml
+  1. put the terminal key at $confdir/keys/terminal_private.pem and the
+     gateway key at $confdir/keys/gateway_public.pem, set the technician PIN
+     ($prefix/venv/bin/sadad-agent pin set), edit $confdir/agent.toml, then
+     run this again: it gives every key its owner and mode
   2. $prefix/venv/bin/sadad-agent config check --config $confdir/agent.toml
   3. systemctl enable --now sadad-agent sadad-ui
      (after an update: systemctl restart sadad-agent sadad-ui)

@@ -8,7 +8,7 @@
 #                  stopped, reloaded or deleted outside DIR
 #   --prefix DIR   where the venv is (default /opt/sadad-terminal)
 #   --purge        also delete /etc/sadad-agent (config, keys), the journal in
-#                  /var/lib/sadad-agent and the user sadad
+#                  /var/lib/sadad-agent and the users sadad and sadad-ui
 #
 # Without --purge the config and the journal stay: unfinished payments are
 # resolved from the journal when the agent is installed again.
@@ -57,9 +57,11 @@ rm -rf "$root$prefix"  # prefix is absolute and never / (checked above)
 
 if [ "$purge" = 1 ]; then
     rm -rf "$root/etc/sadad-agent" "$root/var/lib/sadad-agent"
-    if [ -z "$destdir" ] && id sadad >/dev/null 2>&1; then
-        userdel sadad || echo "uninstall.sh: could not remove the user sadad" >&2
-    fi
+    for user in sadad sadad-ui; do
+        if [ -z "$destdir" ] && id "$user" >/dev/null 2>&1; then
+            userdel "$user" || echo "uninstall.sh: could not remove the user $user" >&2
+        fi
+    done
 fi
 
 if [ "$live" = 1 ]; then

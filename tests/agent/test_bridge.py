@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
 import socket
 import stat
@@ -145,6 +146,23 @@ async def test_socket_is_bound_0660_and_removed_on_close(sock_path: str) -> None
     await server.close()
     with pytest.raises(FileNotFoundError):
         os.stat(sock_path)
+
+
+async def test_socket_given_to_the_checkouts_group(sock_path: str) -> None:
+    """The checkout runs as a user of its own: the socket is given its group
+    (one the agent is in), and a group that does not exist is an error."""
+    sim = SimAgent()
+    group = grp.getgrgid(os.getgroups()[-1] if os.getgroups() else os.getgid()).gr_name
+    server = BridgeServer(sock_path, hello=sim.hello, on_intent=sim.on_intent, group=group)
+    sim.server = server
+    await server.start()
+    try:
+        assert os.stat(sock_path).st_gid == grp.getgrnam(group).gr_gid
+    finally:
+        await server.close()
+    nobody = BridgeServer(sock_path, hello=sim.hello, on_intent=sim.on_intent, group="no-such-grp")
+    with pytest.raises(BridgeError, match="no group 'no-such-grp'"):
+        await nobody.start()
 
 
 async def test_stale_socket_is_replaced(sock_path: str) -> None:

@@ -602,7 +602,10 @@ def test_check_files_tls(tmp_path: Path) -> None:
 def test_example_loads_and_is_the_shipped_file() -> None:
     text = dump_example()
     cfg = loads_config(text, base_dir=Path("/etc/sadad-agent"))
-    assert cfg.terminal.private_key_file == Path("/etc/sadad-agent/terminal_private.pem")
+    assert cfg.terminal.private_key_file == Path("/etc/sadad-agent/keys/terminal_private.pem")
+    # The installer makes what the example names (systemd/install.sh, keys/).
+    assert cfg.gateway.public_key_file.parent == Path("/etc/sadad-agent/keys")
+    assert cfg.ui.socket_group == "sadad-ui"
     assert cfg.readers == {"nfc": "pn532:/dev/sadad-nfc"}
     # Every commented-out option is valid too once uncommented.
     uncommented = "\n".join(

@@ -8,6 +8,8 @@ installs it); only the tests that run it are skipped without it.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -119,14 +121,15 @@ def test_agent_unit_settings() -> None:
         "RestartPreventExitStatus": "78",  # agent.config.EXIT_CONFIG
         "User": "sadad",
         "Group": "sadad",
-        "SupplementaryGroups": "dialout",
+        "SupplementaryGroups": "dialout sadad-ui",  # sadad-ui: the UI socket's group
         "StateDirectory": "sadad-agent",
         "ConfigurationDirectory": "sadad-agent",
         "ConfigurationDirectoryMode": "0770",  # what install.sh sets
+        "ReadWritePaths": "/etc/sadad-agent",  # setup saves through the agent
         "RuntimeDirectory": "sadad-agent",
-        "RuntimeDirectoryMode": "0750",
+        "RuntimeDirectoryMode": "0755",
         "RuntimeDirectoryPreserve": "restart",
-        "LoadCredential": "terminal.key:/etc/sadad-agent/terminal_private.pem",
+        "LoadCredential": "terminal.key:/etc/sadad-agent/keys/terminal_private.pem",
         "UMask": "0027",
         "LimitCORE": "0",
         "DevicePolicy": "closed",
@@ -165,10 +168,10 @@ def test_agent_unit_settings() -> None:
 def test_ui_unit_settings() -> None:
     unit = parse_unit((SYSTEMD / "sadad-ui.service").read_text())
     expected = {
-        "ExecStart": f"{VENV_BIN}/sadad-ui --socket /run/sadad-agent/agent.sock "
-        "--config /etc/sadad-agent/agent.toml",
+        "ExecStart": f"{VENV_BIN}/sadad-ui --socket /run/sadad-agent/agent.sock",
         "Restart": "always",
-        "User": "sadad",
+        "User": "sadad-ui",  # in no group of the agent's
+        "Group": "sadad-ui",
         "SupplementaryGroups": "tty",
         "Environment": "TERM=linux",
         "TTYPath": "/dev/tty1",
@@ -177,9 +180,9 @@ def test_ui_unit_settings() -> None:
         "TTYReset": "yes",
         "TTYVHangup": "yes",
         "TTYVTDisallocate": "yes",
-        "ReadWritePaths": "-/etc/sadad-agent",  # the setup screen saves agent.toml
         "RestrictAddressFamilies": "AF_UNIX",
     }
+    assert "ReadWritePaths" not in unit["Service"]  # setup saves through the agent
     for key, value in expected.items():
         assert one(unit, "Service", key) == value, key
     assert one(unit, "Unit", "Conflicts") == "getty@tty1.service"
@@ -187,6 +190,7 @@ def test_ui_unit_settings() -> None:
     # The agent's socket path is the one the config example and the UI use.
     example = (SYSTEMD / "agent.toml.example").read_text()
     assert 'socket = "/run/sadad-agent/agent.sock"' in example
+    assert 'socket_group = "sadad-ui"' in example  # the UI unit's group
 
 
 # ---------------------------------------------------------------- udev rules
@@ -274,7 +278,8 @@ def test_install_into_destdir(tmp_path: Path) -> None:
     config = config_dir / "agent.toml"
     assert config.read_text() == (SYSTEMD / "agent.toml.example").read_text()
     assert _mode(config) == 0o640
-    assert _mode(config_dir) == 0o770  # the setup screen replaces agent.toml here
+    assert _mode(config_dir) == 0o770  # the agent replaces agent.toml here
+    assert _mode(config_dir / "keys") == 0o750  # the keys: root's, the agent reads them
     for unit in UNITS:
         installed = dest / "etc/systemd/system" / unit
         assert installed.read_text() == (SYSTEMD / unit).read_text()
@@ -381,3 +386,79 @@ def test_uninstall_from_destdir(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not (dest / "etc/sadad-agent").exists()
     assert not (dest / "var/lib/sadad-agent").exists()
+
+
+# ---------------------------------------------------------------- symlinks planted
+
+
+def _outside(tmp_path: Path) -> Path:
+    victim = tmp_path / "shadow"
+    victim.write_text("root:x:0:0\n")
+    victim.chmod(0o600)
+    return victim
+
+
+@pytest.mark.parametrize(
+    "planted",
+    ["etc/sadad-agent/agent.toml", "etc/sadad-agent", "etc/sadad-agent/keys"],
+)
+def test_install_never_works_through_a_planted_symlink(tmp_path: Path, planted: str) -> None:
+    """The config directory was group-writable: its user could plant a link
+    where the installer sets owners and modes. It refuses, and nothing
+    outside DESTDIR changes."""
+    dest = tmp_path / "root"
+    victim = _outside(tmp_path)
+    link = dest / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim if planted.endswith(".toml") else tmp_path)
+    before = (victim.read_text(), victim.stat().st_mode, victim.stat().st_uid)
+    done = _run(INSTALL, "--destdir", str(dest), "--no-venv")
+    assert done.returncode != 0
+    assert "symbolic link" in done.stderr
+    assert (victim.read_text(), victim.stat().st_mode, victim.stat().st_uid) == before
+
+
+def test_install_sets_key_modes_without_following_links(tmp_path: Path) -> None:
+    dest = tmp_path / "root"
+    assert _run(INSTALL, "--destdir", str(dest), "--no-venv").returncode == 0
+    keys = dest / "etc/sadad-agent/keys"
+    (keys / "gateway_public.pem").write_text("public\n")
+    (keys / "gateway_public.pem").chmod(0o666)
+    (keys / "terminal_private.pem").write_text("private\n")
+    (keys / "terminal_private.pem").chmod(0o644)
+    assert _run(INSTALL, "--destdir", str(dest), "--no-venv").returncode == 0
+    assert _mode(keys / "gateway_public.pem") == 0o640
+    assert _mode(keys / "terminal_private.pem") == 0o600
+    victim = _outside(tmp_path)
+    (keys / "technician.pin").symlink_to(victim)  # planted in keys/
+    done = _run(INSTALL, "--destdir", str(dest), "--no-venv")
+    assert done.returncode != 0
+    assert "a symbolic link" in done.stderr
+    assert _mode(victim) == 0o600
+
+
+def test_own_changes_the_owner_through_the_descriptor(tmp_path: Path) -> None:
+    """As root, the installer's owner change on a live system: a symlink to
+    another file is refused; a real file gets the owner and mode."""
+    if os.geteuid() != 0:
+        pytest.skip("changing owners needs root")
+    script = INSTALL.read_text()
+    start = script.index("own() {")
+    end = script.index("\n}\n", script.index("PY\n", start)) + 3
+    helper = script[start:end]
+    victim = _outside(tmp_path)
+    os.chown(victim, 0, 0)
+    link = tmp_path / "agent.toml"
+    link.symlink_to(victim)
+    real = tmp_path / "real.pem"
+    real.write_text("x")
+    body = (
+        'set -eu\npython=python3\ndestdir=""\ndie() { echo "$1" >&2; exit 1; }\n'
+        + helper
+        + f'\nown "{real}" nobody:nogroup 0640\nown "{link}" nobody:nogroup 0644\n'
+    )
+    done = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "symbolic link" in done.stderr
+    assert (real.stat().st_uid, _mode(real)) == (pwd.getpwnam("nobody").pw_uid, 0o640)
+    assert (victim.stat().st_uid, _mode(victim)) == (0, 0o600)
