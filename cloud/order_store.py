@@ -28,6 +28,7 @@ hand the ``ExpectedOrder`` to the check directly
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
@@ -181,7 +182,19 @@ class SqliteOrderStore:
             # Set before anything that may wait for another process's lock
             # (switching to WAL does, the first time).
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # Switching a new file to WAL takes an exclusive lock, and SQLite
+            # answers "database is locked" at once, without its busy handler,
+            # when several processes open a new file together (it would
+            # otherwise risk a deadlock between them): retry until the timeout.
+            deadline = time.monotonic() + busy_timeout_s
+            while True:
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02 + random.random() * 0.05)
             # NORMAL is durable enough under WAL for an expectation: a power cut
             # may lose the last ones, and then their results are refused (the
             # POS still polls), never misattributed.

@@ -118,9 +118,12 @@ def test_several_processes_share_one_store(tmp_path: Path) -> None:
         )
         for i in range(4)
     ]
-    for proc in procs:
+    results = []
+    for proc in procs:  # every child waited for, even when one failed
         out, err = proc.communicate(timeout=60)
-        assert (proc.returncode, out.strip()) == (0, "ok"), err
+        results.append((proc.returncode, out.strip(), err))
+    for code, out, err in results:
+        assert (code, out) == (0, "ok"), err
     store = SqliteOrderStore(path)
     for i in range(4):
         for n in range(60):
