@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= demo-data
 
-.PHONY: all venv deps mosquitto systemd-analyze test test-slow check demo bench install uninstall clean
+.PHONY: all venv deps mosquitto nats systemd-analyze test test-slow check demo bench install uninstall clean
 
 all: check test
 
@@ -30,6 +30,17 @@ mosquitto:
 		echo "Mosquitto is missing. Install it with: sudo apt-get install mosquitto" >&2; exit 1; \
 	fi
 
+# A three-node NATS cluster (JetStream, MQTT 3.1.1) is the tests' second broker:
+# the fleet's (Debian's nats-server; its packaged service is not used).
+nats:
+	@if command -v nats-server >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing nats-server with apt-get..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; \
+	else \
+		echo "nats-server is missing. Install it with: sudo apt-get install nats-server" >&2; exit 1; \
+	fi
+
 # systemd-analyze checks the unit files in the tests (Debian's systemd package).
 systemd-analyze:
 	@if command -v systemd-analyze >/dev/null 2>&1; then :; \
@@ -40,7 +51,7 @@ systemd-analyze:
 		echo "systemd-analyze is missing. Install it with: sudo apt-get install systemd" >&2; exit 1; \
 	fi
 
-deps: venv mosquitto systemd-analyze
+deps: venv mosquitto nats systemd-analyze
 
 test: deps
 	$(BIN)/pytest -q

@@ -110,6 +110,9 @@ class TerminalConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class MqttConfig(msgspec.Struct, frozen=True, kw_only=True):
     url: str
+    # Other nodes of the same broker cluster, tried in order when the one in
+    # use is down (the session is the cluster's, so it follows the terminal).
+    fallback_urls: tuple[str, ...] = ()
     keepalive: int = 30
     session_expiry: int = MIN_SESSION_EXPIRY
     protocol: Literal["5", "3.1.1"] = "5"
@@ -118,6 +121,11 @@ class MqttConfig(msgspec.Struct, frozen=True, kw_only=True):
     key_file: Path | None = None
     username: str | None = None
     password_file: Path | None = None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every broker URL, in the order they are tried."""
+        return (self.url, *self.fallback_urls)
 
     @property
     def host(self) -> str:
@@ -331,6 +339,12 @@ def _mqtt_url_key(value: object, _base: Path) -> object:
     return value
 
 
+def _mqtt_urls_key(value: object, base: Path) -> object:
+    if not isinstance(value, list) or not value:
+        raise _Invalid("must be a list of mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    return tuple(str(_mqtt_url_key(v, base)) for v in value)
+
+
 def _http_url_key(value: object, _base: Path) -> object:
     if not isinstance(value, str):
         raise _Invalid("must be http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]")
@@ -390,6 +404,11 @@ _SECTIONS: dict[str, tuple[_Key, ...]] = {
             _mqtt_url_key,
             "must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
             required=True,
+        ),
+        _Key(
+            "fallback_urls",
+            _mqtt_urls_key,
+            "must be a list of mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
         ),
         _key("keepalive", _integer(5, 3600)),
         _key(
@@ -776,6 +795,7 @@ private_key_file = "keys/terminal_private.pem"   # RSA-2048; signs cashier calls
 url = "mqtt://127.0.0.1:1883"         # mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS, 8883)
 keepalive = 30                        # seconds, 5..3600; the broker sends the will
                                       # ("offline") within 1.5 keepalives of a silent loss
+# fallback_urls = ["mqtt://10.0.0.2:1883"]   # other nodes of a broker cluster, in order
 # session_expiry = 86400              # seconds the broker keeps queued pushes (>= 86400)
 # protocol = "5"                      # "5" (falls back to 3.1.1 if refused) or "3.1.1"
 # ca_file = "ca.pem"                  # TLS: CA that signed the broker's certificate

@@ -49,9 +49,12 @@ Contract:
   journaled but not yet acknowledged when the link died).
 * Reconnects: paho's own reconnect (fixed doubling, no jitter) is off; the
   link reconnects itself with ``agent.backoff.Backoff`` (base 1 s, cap 60 s,
-  equal jitter). The backoff starts again from the base only after a
-  connection stayed up ``STABLE_AFTER`` seconds, so a broker that accepts
-  and then drops the terminal (session takeover, ACL kick) is not hammered.
+  equal jitter). With ``mqtt.fallback_urls`` (the other nodes of a broker
+  cluster, whose sessions are the cluster's) a node that fails is left for
+  the next one at once; only a whole round of failures waits out the backoff.
+  The backoff starts again from the base only after a connection stayed up
+  ``STABLE_AFTER`` seconds, so a broker that accepts and then drops the
+  terminal (session takeover, ACL kick) is not hammered.
 * Threads: none of our own and none of paho's. paho runs in its "external
   event loop" mode (``loop_read``/``loop_write``/``loop_misc`` driven by
   ``loop.add_reader``/``add_writer`` and a 1 s timer), so every paho callback
@@ -110,6 +113,7 @@ from agent.config import ConfigError, MqttConfig, mqtt_password, parse_mqtt_url
 from cloud import envelope
 from cloud.errors import SadadError
 from cloud.messages import MAX_PUSH_BYTES, TerminalStatus
+from cloud.topics import events_topic, orders_topic, status_topic
 
 __all__ = [
     "ConnectionState",
@@ -154,18 +158,6 @@ _UNSUPPORTED_PROTOCOL = 0x84  # CONNACK "Unsupported Protocol Version" (paho map
 # delivered in order. Under 3.1.1 the engine refuses a payload over
 # ``MAX_PUSH_BYTES`` unread (``too_large``).
 MAX_PACKET_BYTES = MAX_PUSH_BYTES + 1024
-
-
-def orders_topic(sn: str) -> str:
-    return f"sadad/v1/terminals/{sn}/orders"
-
-
-def events_topic(sn: str) -> str:
-    return f"sadad/v1/terminals/{sn}/events"
-
-
-def status_topic(sn: str) -> str:
-    return f"sadad/v1/terminals/{sn}/status"
 
 
 class ConnectionState(enum.StrEnum):
@@ -260,9 +252,11 @@ class _Session:
         persistent: bool,
         cfg: MqttConfig,
         on_message: Callable[[_Inbound], None] | None = None,
+        url: str | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.cfg = cfg
+        self.url = cfg.url if url is None else url  # this connection's broker node
         self.protocol = protocol
         self.persistent = persistent
         self.client = paho.Client(
@@ -292,7 +286,7 @@ class _Session:
     def prepare(self, *, will: bytes | None, topic_for_will: str | None) -> None:
         """TLS, credentials and will. Raises _AttemptFailed."""
         cfg = self.cfg
-        if parse_mqtt_url(cfg.url)[2]:
+        if parse_mqtt_url(self.url)[2]:
             self.client.tls_set_context(_tls_context(cfg))
         if cfg.username is not None:
             try:
@@ -305,7 +299,7 @@ class _Session:
 
     async def open(self) -> None:
         """DNS, TCP, TLS, CONNECT sent. Raises _AttemptFailed."""
-        host, port, _tls = parse_mqtt_url(self.cfg.url)
+        host, port, _tls = parse_mqtt_url(self.url)
         kwargs: dict[str, Any] = {}
         if self.protocol == MQTTProtocolVersion.MQTTv5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -591,8 +585,10 @@ class MqttLink:
         rng: random.Random | None = None,
         backoff: Backoff | None = None,
     ) -> None:
-        parse_mqtt_url(cfg.url)  # raises ConfigError early
+        for url in cfg.urls:
+            parse_mqtt_url(url)  # raises ConfigError early
         self._cfg = cfg
+        self._node = 0  # index in cfg.urls of the node tried next
         self._sn = sn
         self._on_push = on_push
         self._status = status
@@ -822,14 +818,15 @@ class MqttLink:
             finally:
                 self._handler_idle.set()
 
-    async def _attempt(self) -> _Session:
-        """One connection up to CONNECTED. Raises _AttemptFailed."""
+    async def _attempt(self, url: str) -> _Session:
+        """One connection to ``url`` up to CONNECTED. Raises _AttemptFailed."""
         session = _Session(
             client_id=self._sn,
             protocol=self._protocol,
             persistent=True,
             cfg=self._cfg,
             on_message=self._enqueue,
+            url=url,
         )
         try:
             will = msgspec.json.encode(
@@ -866,14 +863,17 @@ class MqttLink:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        host, port, tls = parse_mqtt_url(self._cfg.url)
-        where = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+        urls = self._cfg.urls
         fallbacks = 0
+        tried = 0  # nodes tried since the last connection
         while not self._stop.is_set():
+            url = urls[self._node]
+            host, port, tls = parse_mqtt_url(url)
+            where = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
             self._set_state(ConnectionState.CONNECTING, f"connecting to {where} as {self._sn}")
             started = loop.time()
             try:
-                session = await self._attempt()
+                session = await self._attempt(url)
             except _AttemptFailed as exc:
                 if (
                     exc.retry_now
@@ -891,6 +891,7 @@ class MqttLink:
             else:
                 self._session = session
                 self._ever_connected = True
+                tried = 0
                 self._set_state(
                     ConnectionState.CONNECTED,
                     f"connected to {where} as {self._sn} (MQTT {self.protocol})",
@@ -905,9 +906,18 @@ class MqttLink:
                 reason = await session.wait_closed(2.0)
                 self._session = None
                 was_connected = True
-            self._first_attempt.set()
             if self._stop.is_set():
+                self._first_attempt.set()
                 break
+            # Failover: the node that failed us is tried again last. A whole
+            # round of failures waits out the backoff; the next node of a
+            # round is tried at once (a cluster keeps the session).
+            self._node = (self._node + 1) % len(urls)
+            tried += 1
+            if len(urls) > 1 and tried % len(urls):
+                log.warning("MQTT %s: %s; trying the next broker node", where, reason)
+                continue
+            self._first_attempt.set()  # start() returns: connected, or a round failed
             if was_connected and loop.time() - started >= STABLE_AFTER:
                 self._backoff.reset()
             delay = self._backoff.next()

@@ -54,7 +54,7 @@ nfc = "pn532:/dev/sadad-nfc"
 """
 
 MQTT_KEYS = (
-    "url, keepalive, session_expiry, protocol, ca_file, cert_file, key_file, "
+    "url, fallback_urls, keepalive, session_expiry, protocol, ca_file, cert_file, key_file, "
     "username, password_file"
 )
 SECTIONS = "terminal, mqtt, gateway, journal, ui, readers"

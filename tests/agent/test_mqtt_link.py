@@ -126,6 +126,7 @@ class Terminal:
         *,
         on_push: Callable[[bytes], object] | None = None,
         screen: Screen = Screen.IDLE,
+        backoff: Backoff | None = None,
         **cfg: object,
     ) -> None:
         self.pushes: list[bytes] = []
@@ -138,7 +139,7 @@ class Terminal:
             on_push=self._on_push,
             status=self._status,
             on_state=lambda s, r: self.states.append((s, r)),
-            backoff=Backoff(FAST, 0.5, random.Random(1)),
+            backoff=backoff or Backoff(FAST, 0.5, random.Random(1)),
         )
 
     async def _on_push(self, payload: bytes) -> None:
@@ -722,3 +723,14 @@ async def test_tls_with_client_certificate(tls_broker: tuple[str, Path]) -> None
         assert term.link.state is ConnectionState.FAILED
         assert term.link.reason.startswith("tls: TLS handshake with 127.0.0.1")
     gc.collect()  # a socket paho dropped unclosed would warn here, and fail the test
+
+
+async def test_a_node_that_is_down_is_left_for_the_next(broker: MosquittoBroker) -> None:
+    """``fallback_urls``: the first node refuses; the link goes on to the next
+    at once, not after a backoff, and says which node it is on."""
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    backoff = Backoff(30.0, 60.0, random.Random(1))  # a backoff would show
+    async with terminal(dead, fallback_urls=(broker.url,), backoff=backoff) as term:
+        assert term.link.state is ConnectionState.CONNECTED
+        assert f"connected to {broker.url}" in term.link.reason
+        assert term.saw(ConnectionState.CONNECTING, ConnectionState.CONNECTED)

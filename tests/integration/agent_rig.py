@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -257,6 +258,9 @@ class Terminal:
     nfc_args: tuple[str, ...] = ("--card", "visa")
     gateway_timeout: float = 2.0
     resolve_deadline: float = 5.0
+    # Broker nodes in the order the agent tries them (a cluster: the first is
+    # the one it uses; the rest are mqtt.fallback_urls). None: the sandbox's.
+    mqtt_urls: tuple[str, ...] | None = None
     sims: dict[str, Sim] = field(default_factory=dict)
     agent: subprocess.Popen[bytes] | None = None
     watcher: ScreenWatcher | None = None
@@ -287,6 +291,12 @@ class Terminal:
             assert isinstance(gateway, tomlkit.items.Table)
             gateway["timeout"] = self.gateway_timeout
             gateway["resolve_deadline"] = self.resolve_deadline
+            if self.mqtt_urls:
+                mqtt = doc["mqtt"]
+                assert isinstance(mqtt, tomlkit.items.Table)
+                mqtt["url"] = self.mqtt_urls[0]
+                if self.mqtt_urls[1:]:
+                    mqtt["fallback_urls"] = list(self.mqtt_urls[1:])
             self.config.write_text(tomlkit.dumps(doc))
             self.pos = PosClient(load_config(self.sandbox.pos_config))
         except BaseException:
@@ -307,6 +317,12 @@ class Terminal:
     @property
     def log_path(self) -> Path:
         return self.workdir / "agent.log"
+
+    def broker_node(self) -> str:
+        """The broker URL the agent last connected to (from its log)."""
+        found = re.findall(r"connected to (mqtts?://[^ ]+) as ", self.log_text())
+        assert found, "the agent never connected"
+        return str(found[-1])
 
     def log_text(self) -> str:
         return self.log_path.read_text("utf-8", errors="replace") if self.log_path.exists() else ""

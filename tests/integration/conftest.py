@@ -49,13 +49,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud import envelope, sealing, wirejson
 from cloud.messages import EventKind, Method
 from cloud.signing import verify
-from sandbox.broker import MosquittoBroker
+from sandbox.broker import MosquittoBroker, NatsCluster
 from sandbox.keys import POS_APP_ID
 from sandbox.tms import parse_mqtt_url
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 REPO = Path(__file__).resolve().parents[2]
+
+Broker = MosquittoBroker | NatsCluster  # every broker the suite runs on
 TIME_SCALE = 0.01
 START_TIMEOUT = 20.0
 
@@ -117,7 +119,7 @@ class SandboxHandle:
     mqtt_port: int
     data_dir: Path
     pos_config: Path
-    broker: MosquittoBroker | None
+    broker: Broker | None
     process: subprocess.Popen[bytes] = field(repr=False)
     stderr_path: Path = field(repr=False)
     args: list[str] = field(default_factory=list, repr=False)
@@ -127,9 +129,7 @@ class SandboxHandle:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(
-        cls, data_dir: Path, args: list[str], broker: MosquittoBroker | None
-    ) -> SandboxHandle:
+    def start(cls, data_dir: Path, args: list[str], broker: Broker | None) -> SandboxHandle:
         stderr_path = data_dir.parent / f"{data_dir.name}.stderr.log"
         proc, announce = start_sandbox_process(data_dir, args, stderr_path)
         host, port = parse_mqtt_url(announce["mqtt_url"])
@@ -275,7 +275,8 @@ class SandboxHandle:
         }
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        publish(self.mqtt_host, self.mqtt_port, topic, payload, retain=retain)
+        v311 = isinstance(self.broker, NatsCluster)  # NATS speaks MQTT 3.1.1 only
+        publish(self.mqtt_host, self.mqtt_port, topic, payload, retain=retain, v311=v311)
 
     def set_terminal_status(self, sn: str, status: str = "online") -> None:
         payload = wirejson.dumps(
@@ -337,8 +338,12 @@ def wait_until(check: Callable[[], Any], timeout: float = 5.0, interval: float =
 # ---------------------------------------------------------------- MQTT helpers
 
 
-def _connected_client(host: str, port: int, client_id: str, **connect: Any) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+def _connected_client(
+    host: str, port: int, client_id: str, *, v311: bool = False, **connect: Any
+) -> mqtt.Client:
+    """A paho client, MQTT 5 (or 3.1.1 with ``v311``: NATS speaks no other)."""
+    protocol = mqtt.MQTTv311 if v311 else mqtt.MQTTv5
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     ready = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: ready.set()
     client.connect(host, port, keepalive=30, **connect)
@@ -349,9 +354,11 @@ def _connected_client(host: str, port: int, client_id: str, **connect: Any) -> m
     return client
 
 
-def publish(host: str, port: int, topic: str, payload: bytes, *, retain: bool = False) -> None:
+def publish(
+    host: str, port: int, topic: str, payload: bytes, *, retain: bool = False, v311: bool = False
+) -> None:
     """Publish one QoS 1 message and wait for the broker's PUBACK."""
-    client = _connected_client(host, port, f"test-pub-{uuid.uuid4().hex[:8]}")
+    client = _connected_client(host, port, f"test-pub-{uuid.uuid4().hex[:8]}", v311=v311)
     try:
         info = client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=5)
@@ -492,7 +499,7 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 @contextlib.contextmanager
 def running_sandbox(
-    data_dir: Path, broker: MosquittoBroker, extra_args: Sequence[str] = ()
+    data_dir: Path, broker: Broker, extra_args: Sequence[str] = ()
 ) -> Iterator[SandboxHandle]:
     """``serve --data data_dir --port 0 --mqtt <broker> --time-scale 0.01 *extra_args``
     for the block; its stderr is printed afterwards (pytest shows it when the test
@@ -552,3 +559,20 @@ def terminal_subscriber(request: pytest.FixtureRequest) -> Iterator[SubscriberFa
         for sub in made:
             with contextlib.suppress(Exception):
                 sub.close()
+
+
+@contextlib.contextmanager
+def started_broker(kind: str, root: Path) -> Iterator[Broker]:
+    """A broker of ``kind``: ``mosquitto`` (one node), or ``nats`` (a three-node
+    NATS cluster with JetStream, MQTT 3.1.1, sessions replicated on every
+    node), on free loopback ports under ``root``; stopped afterwards."""
+    broker: Broker = (
+        MosquittoBroker(root / "mosquitto")
+        if kind == "mosquitto"
+        else NatsCluster(root / "nats", nodes=3)
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
