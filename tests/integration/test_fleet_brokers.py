@@ -160,16 +160,21 @@ def test_cashier_cancel(term: Terminal) -> None:
 # ---------------------------------------------------------------- failover (the cluster)
 
 
+# Failover needs a cluster: these run on the NATS one only (the same
+# module-scoped fleet the scenarios above used).
+ON_THE_CLUSTER = pytest.mark.parametrize("fleet", ["nats"], indirect=True)
+
+
 def _kill_the_terminals_node(term: Terminal, cluster: NatsCluster) -> int:
     node = cluster.urls.index(term.broker_node())
     cluster.kill(node)
     return node
 
 
+@ON_THE_CLUSTER
 def test_node_killed_while_a_push_is_in_flight(term: Terminal, fleet: SandboxHandle) -> None:
     cluster = fleet.broker
-    if not isinstance(cluster, NatsCluster):
-        pytest.skip("failover needs a broker cluster")
+    assert isinstance(cluster, NatsCluster)
     order = term.push("10.00")
     dead = _kill_the_terminals_node(term, cluster)  # the push is on its way to it
     try:
@@ -184,10 +189,10 @@ def test_node_killed_while_a_push_is_in_flight(term: Terminal, fleet: SandboxHan
         cluster.start_node(dead)
 
 
+@ON_THE_CLUSTER
 def test_node_killed_while_pushes_wait_in_the_session(term: Terminal, fleet: SandboxHandle) -> None:
     cluster = fleet.broker
-    if not isinstance(cluster, NatsCluster):
-        pytest.skip("failover needs a broker cluster")
+    assert isinstance(cluster, NatsCluster)
     node = term.broker_node()
     term.stop_agent()  # its session (subscription, queue) stays in the cluster
     queued = [term.push("10.10"), term.push("10.20")]
