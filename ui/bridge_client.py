@@ -349,6 +349,12 @@ class BridgeClient:
                     return await fut
                 finally:
                     self._pending.pop(intent.id, None)
+                    # The reader may fail this future while the write is
+                    # still draining; the caller then learns of the loss
+                    # from the write, so mark the future's error as seen
+                    # (else asyncio logs "exception was never retrieved").
+                    if fut.done() and not fut.cancelled():
+                        fut.exception()
         except TimeoutError:
             if not sent:
                 raise AgentUnavailable(
