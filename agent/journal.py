@@ -42,7 +42,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -318,6 +318,9 @@ class Journal:
         self._wal_inode = -1  # the WAL file whose directory entry was synced
         self._closed = False
         self._hops: list[tuple[str, str, int]] = []  # written with the next commit
+        # Called (on the journal's thread) when a FULL commit has made the
+        # deferred ones durable: ``agent.durability`` waits for it.
+        self.on_covered: Callable[[], None] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -378,8 +381,11 @@ class Journal:
             raise JournalError(f"journal write failed: {exc}") from exc
         if deferred_sync:
             self._written += 1
-        else:  # this commit's fsync of the WAL covered the deferred ones too
+        elif self._synced < self._written:
+            # This commit's fsync of the WAL covered the deferred ones too.
             self._synced = self._written
+            if self.on_covered is not None:
+                self.on_covered()
 
     @contextmanager
     def batch(self, *, deferred_sync: bool = False) -> Iterator[None]:

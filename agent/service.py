@@ -31,7 +31,8 @@ from typing import Any
 from agent import bridge_protocol as bp
 from agent.bridge import BridgeServer, intent_client
 from agent.config import AgentConfig, ConfigError, load_config, trust_problems
-from agent.engine import Engine, EngineSettings, ScreenView
+from agent.engine import Engine
+from agent.engine_settings import EngineSettings
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.journal import Journal
 from agent.mqtt_link import STATUS_HOLD, ConnectionState, MqttLink, test_connection
@@ -42,7 +43,7 @@ from cloud import messages as m
 from cloud.envelope import timestamp
 from cloud.errors import KeyLoadError
 from cloud.signing import load_private_key, load_public_key
-from drivers.base import ArmContext, CardRead, EntryMode, ReaderError, ReaderState
+from drivers.base import ArmContext, CardRead, ReaderError, ReaderState
 from drivers.registry import ManagedReader, create_reader
 
 log = logging.getLogger(__name__)
@@ -148,19 +149,8 @@ class AgentService:
         self.readers = self._build_readers(cfg)
         for reader in self.readers:
             await reader.start()
-        settings = EngineSettings(
-            sn=cfg.terminal.sn,
-            private_key=private,
-            gateway_public_key=public,
-            resolve_deadline=cfg.gateway.resolve_deadline,
-            result_seconds=cfg.ui.result_seconds,
-            # A call may be sent twice (a stale keep-alive connection), each
-            # within the timeout; then some slack for sealing and the journal.
-            authorize_deadline=2 * cfg.gateway.timeout + 5,
-            stall_after=max(120.0, 4 * cfg.gateway.timeout + 30),
-        )
         self.engine = Engine(
-            settings,
+            EngineSettings.of(cfg, private, public, cfg.ui.result_seconds),
             self.journal,
             self.gateway,
             self.readers,
@@ -182,7 +172,7 @@ class AgentService:
             return 0
         self.engine.start()
         self.link = self._build_link(cfg, self.engine)
-        self.engine.set_event_publisher(self.link.publish_event)
+        self.engine.outbox.set_publisher(self.link.publish_event)
         await self.link.start()
         self.notifier.ready(self._status_line())
         log.info("agent %s ready (%s)", cfg.terminal.sn, self._status_line())
@@ -290,17 +280,12 @@ class AgentService:
         self.readers = self._build_readers(new)
         for reader in self.readers:
             await reader.start()
-        engine.gateway = self.gateway
         engine.readers = list(self.readers)
-        engine.settings = EngineSettings(
-            sn=new.terminal.sn,
-            private_key=private,
-            gateway_public_key=public,
-            resolve_deadline=new.gateway.resolve_deadline,
-            result_seconds=engine.settings.result_seconds,  # built into the state table
-        )
+        # result_seconds is built into the state table: a restart changes it.
+        settings = EngineSettings.of(new, private, public, engine.settings.result_seconds)
+        engine.reconfigure(settings, self.gateway)
         self.link = self._build_link(new, engine)
-        engine.set_event_publisher(self.link.publish_event)
+        engine.outbox.set_publisher(self.link.publish_event)
         await self.link.start()
         self.notifier.ready(self._status_line())
         log.info("config reloaded")
@@ -310,7 +295,7 @@ class AgentService:
 
     def _status_line(self) -> str:
         engine = self.engine
-        screen = engine.view.screen.value if engine else "STARTING"
+        screen = engine.screen.view.screen.value if engine else "STARTING"
         ready = sum(1 for s in self.health.readers.values() if s is ReaderState.READY)
         return (
             f"{self.health.mqtt}; {screen}; readers {ready}/{len(self.health.readers)} ready; "
@@ -326,7 +311,7 @@ class AgentService:
     def _screen_name(self) -> m.Screen:
         if self.health.setup and (self.engine is None or self.engine.current is None):
             return m.Screen.SETUP
-        return self.engine.view.screen if self.engine else m.Screen.IDLE
+        return self.engine.screen.view.screen if self.engine else m.Screen.IDLE
 
     def _terminal_status(self) -> m.TerminalStatus:
         return m.TerminalStatus(
@@ -362,11 +347,11 @@ class AgentService:
             self._status_note = None
         self.notifier.stopping("stopping")
 
-    def _on_screen(self, view: ScreenView) -> None:
+    def _on_screen(self, view: bp.ScreenEvent, waiting: int) -> None:
         if self.bridge is None:
             return
-        self.bridge.publish(_screen_event(view))
-        self.bridge.publish(bp.QueueEvent(waiting=view.queue))
+        self.bridge.publish(view)
+        self.bridge.publish(bp.QueueEvent(waiting=waiting))
         connection = self._connection_event()
         last = self.bridge.snapshot().connection
         if last is None or (last.mqtt, last.gateway) != (connection.mqtt, connection.gateway):
@@ -390,7 +375,7 @@ class AgentService:
         self.health.mqtt_reason = reason
         log.info("mqtt: %s (%s)", state.value, reason)
         if state is ConnectionState.CONNECTED and self.engine is not None:
-            self.engine.wake_outbox()
+            self.engine.outbox.wake()
         if self.bridge is not None:
             self.bridge.publish(self._connection_event())
         self._notify_status()
@@ -408,7 +393,7 @@ class AgentService:
         snap = self.bridge.snapshot()
         if snap.connection is None:
             snap = bp.Snapshot(
-                screen=snap.screen or _screen_event(ScreenView(screen=m.Screen.IDLE)),
+                screen=snap.screen or bp.ScreenEvent(screen=m.Screen.IDLE),
                 connection=self._connection_event(),
                 readers=bp.ReadersEvent(
                     readers={k: v.value for k, v in self.health.readers.items()}
@@ -531,53 +516,3 @@ class AgentService:
             "current": current,
             "queue": list(engine.queue) if engine else [],
         }
-
-
-def _screen_event(view: ScreenView) -> bp.ScreenEvent:
-    order = None
-    if view.order is not None:
-        o = view.order
-        order = bp.OrderInfo(
-            trans_no=o["trans_no"],
-            merchant_order_no=o["merchant_order_no"],
-            amount=o["amount"],
-            currency=o["currency"],
-            description=o["description"] or "",
-            trans_type=o["trans_type"],
-            methods=tuple(o["methods"]),
-            expires_at=o["expires_at"],
-            confirm_required=o["confirm_required"],
-        )
-    card = _card_info(view.card) if view.card else None
-    result = None
-    if view.result is not None:
-        r = view.result
-        masked = r.get("masked_pan")
-        if card is None or card.masked_pan is None:
-            masked = None  # a wallet code's mask is not a PAN mask
-        result = bp.ResultInfo(
-            outcome=r["outcome"],
-            auth_code=r.get("auth_code"),
-            reason=r.get("reason"),
-            masked_pan=masked,
-        )
-    return bp.ScreenEvent(
-        screen=view.screen,
-        order=order,
-        progress=view.progress,
-        card=card,
-        result=result,
-        message=view.message,
-    )
-
-
-def _card_info(card: dict[str, str]) -> bp.CardInfo:
-    # A masked wallet code is not a masked PAN: show the brand only. Decide by
-    # the entry mode: an 18-digit code masked 4 + 10 + 4 also passes the
-    # masked-PAN shape, so a failed validation alone does not catch it.
-    if card.get("entry_mode") == EntryMode.WALLET.value:
-        return bp.CardInfo(brand=card.get("brand"), entry_mode=card.get("entry_mode"))
-    try:
-        return bp.CardInfo(**card)
-    except ValueError:  # not a masked PAN either: show the brand only
-        return bp.CardInfo(brand=card.get("brand"), entry_mode=card.get("entry_mode"))

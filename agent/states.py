@@ -4,19 +4,28 @@ DESIGN.md "Transaction engine". Built on ``transitions`` (AsyncMachine, Enum
 states, queued triggers, timeouts as state features). The engine
 (``agent.engine.Engine``) is the model: it supplies the ``on_enter_*``
 callbacks that journal, drive readers and call the gateway, and it fires the
-triggers below. A trigger that does not apply in the current state is
-ignored (logged), which is how a late cancel after a payment was sent, or a
-second close, can never move a transaction backwards.
+triggers, typed by ``Triggers`` below. A trigger that does not apply in the
+current state is ignored (logged), which is how a late cancel after a payment
+was sent, or a second close, can never move a transaction backwards.
 
-    IDLE --offer--> OFFERED --begin/confirm--> AWAITING_PAYMENT --present--> READING
-    READING --authorize--> AUTHORIZING --approve/decline--> APPROVED/DECLINED
-    READING --retry_read--> AWAITING_PAYMENT          (tap again, wrong method)
-    AUTHORIZING --unknown--> RESOLVING --approve/decline/reversed--> final
-    OFFERED/AWAITING_PAYMENT/READING --cancel/close--> CANCELLED/CLOSED
-    OFFERED/AWAITING_PAYMENT --expire (deadline)--> EXPIRED
-    IDLE --resume--> RESOLVING                        (restart with an unanswered attempt)
-    final --done (after the result is shown)--> IDLE
-    any but IDLE --fault--> IDLE                      (an exception: settled from the journal)
+The table, as ``diagram()`` draws it (a test keeps this copy equal to it):
+
+    IDLE --offer--> OFFERED
+    OFFERED --begin--> AWAITING_PAYMENT            (no confirmation asked)
+    OFFERED --confirm--> AWAITING_PAYMENT          (the cashier confirmed the amount)
+    AWAITING_PAYMENT --present--> READING          (a card or code was presented)
+    READING --retry_read--> AWAITING_PAYMENT       (tap again, wrong method)
+    READING --authorize--> AUTHORIZING             (the payment is journaled, then sent)
+    AUTHORIZING/RESOLVING --approve--> APPROVED
+    AUTHORIZING/RESOLVING --decline--> DECLINED
+    AUTHORIZING --unknown--> RESOLVING             (no answer, or none that counts)
+    AUTHORIZING/RESOLVING --reversed--> CANCELLED  (reversed, or never completed)
+    IDLE --resume--> RESOLVING                     (restart with an unanswered attempt)
+    OFFERED/AWAITING_PAYMENT/READING --cancel--> CANCELLED
+    OFFERED/AWAITING_PAYMENT/READING --close--> CLOSED
+    OFFERED/AWAITING_PAYMENT --expire--> EXPIRED   (the order's expires_at passed)
+    final --done--> IDLE                           (after the result was shown)
+    any but IDLE --fault--> IDLE                   (an exception: settled from the journal)
 
 Timeouts: OFFERED and AWAITING_PAYMENT carry the order's own deadline
 (``expires_at``, docs/protocol.md part C) and fire ``expire``; the final states
@@ -26,13 +35,18 @@ fire ``done`` after ``RESULT_SECONDS`` so the result stays on screen.
 from __future__ import annotations
 
 import enum
-import time
-from typing import Any
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from transitions.extensions.asyncio import AsyncMachine, AsyncTimeout
 from transitions.extensions.states import add_state_features
 
 from cloud.messages import Screen
+
+if TYPE_CHECKING:
+    from cloud.messages import CashierResult
+    from drivers.base import Presentation
 
 RESULT_SECONDS = 4.0
 
@@ -70,32 +84,133 @@ class State(enum.Enum):
 
 
 FINAL = frozenset({State.APPROVED, State.DECLINED, State.CANCELLED, State.CLOSED, State.EXPIRED})
-_CANCELLABLE = [State.OFFERED, State.AWAITING_PAYMENT, State.READING]
+_CANCELLABLE = (State.OFFERED, State.AWAITING_PAYMENT, State.READING)
+_PAYING = (State.AUTHORIZING, State.RESOLVING)
 
-TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "offer", "source": State.IDLE, "dest": State.OFFERED},
-    {"trigger": "begin", "source": State.OFFERED, "dest": State.AWAITING_PAYMENT},
-    {"trigger": "confirm", "source": State.OFFERED, "dest": State.AWAITING_PAYMENT},
-    {"trigger": "present", "source": State.AWAITING_PAYMENT, "dest": State.READING},
-    {"trigger": "retry_read", "source": State.READING, "dest": State.AWAITING_PAYMENT},
-    {"trigger": "authorize", "source": State.READING, "dest": State.AUTHORIZING},
-    {"trigger": "approve", "source": [State.AUTHORIZING, State.RESOLVING], "dest": State.APPROVED},
-    {"trigger": "decline", "source": [State.AUTHORIZING, State.RESOLVING], "dest": State.DECLINED},
-    {"trigger": "unknown", "source": State.AUTHORIZING, "dest": State.RESOLVING},
-    {
-        "trigger": "reversed",
-        "source": [State.AUTHORIZING, State.RESOLVING],
-        "dest": State.CANCELLED,
-    },
-    {"trigger": "resume", "source": State.IDLE, "dest": State.RESOLVING},
-    {"trigger": "cancel", "source": _CANCELLABLE, "dest": State.CANCELLED},
-    {"trigger": "close", "source": _CANCELLABLE, "dest": State.CLOSED},
-    {"trigger": "expire", "source": [State.OFFERED, State.AWAITING_PAYMENT], "dest": State.EXPIRED},
-    {"trigger": "done", "source": list(FINAL), "dest": State.IDLE},
+
+class Transition(NamedTuple):
+    trigger: str
+    sources: tuple[State, ...]
+    dest: State
+    why: str = ""  # for the diagram
+
+
+TABLE: tuple[Transition, ...] = (
+    Transition("offer", (State.IDLE,), State.OFFERED),
+    Transition("begin", (State.OFFERED,), State.AWAITING_PAYMENT, "no confirmation asked"),
+    Transition(
+        "confirm", (State.OFFERED,), State.AWAITING_PAYMENT, "the cashier confirmed the amount"
+    ),
+    Transition("present", (State.AWAITING_PAYMENT,), State.READING, "a card or code was presented"),
+    Transition("retry_read", (State.READING,), State.AWAITING_PAYMENT, "tap again, wrong method"),
+    Transition(
+        "authorize", (State.READING,), State.AUTHORIZING, "the payment is journaled, then sent"
+    ),
+    Transition("approve", _PAYING, State.APPROVED),
+    Transition("decline", _PAYING, State.DECLINED),
+    Transition("unknown", (State.AUTHORIZING,), State.RESOLVING, "no answer, or none that counts"),
+    Transition("reversed", _PAYING, State.CANCELLED, "reversed, or never completed"),
+    Transition("resume", (State.IDLE,), State.RESOLVING, "restart with an unanswered attempt"),
+    Transition("cancel", _CANCELLABLE, State.CANCELLED),
+    Transition("close", _CANCELLABLE, State.CLOSED),
+    Transition(
+        "expire",
+        (State.OFFERED, State.AWAITING_PAYMENT),
+        State.EXPIRED,
+        "the order's expires_at passed",
+    ),
+    Transition("done", tuple(FINAL), State.IDLE, "after the result was shown"),
     # An exception escaped a callback: leave the order (the engine settles it
     # from the journal, as a restart would) and go back to IDLE.
-    {"trigger": "fault", "source": [s for s in State if s is not State.IDLE], "dest": State.IDLE},
-]
+    Transition(
+        "fault",
+        tuple(s for s in State if s is not State.IDLE),
+        State.IDLE,
+        "an exception: settled from the journal",
+    ),
+)
+
+
+def _sources_text(sources: Sequence[State]) -> str:
+    if set(sources) == FINAL:
+        return "final"
+    if set(sources) == set(State) - {State.IDLE}:
+        return "any but IDLE"
+    return "/".join(s.value for s in sources)
+
+
+def diagram() -> str:
+    """The table as text, one line per trigger (the module docstring's copy)."""
+    arrows = [f"{_sources_text(t.sources)} --{t.trigger}--> {t.dest.value}" for t in TABLE]
+    width = max(len(a) for a, t in zip(arrows, TABLE, strict=True) if t.why) + 2
+    return "\n".join(
+        f"{a:<{width}}({t.why})" if t.why else a for a, t in zip(arrows, TABLE, strict=True)
+    )
+
+
+class Triggers:
+    """The table's triggers, typed for the engine (which inherits them).
+
+    ``transitions`` binds each of these names to its trigger when the
+    machine is built with ``model_override=True`` (it replaces exactly the
+    attributes the model declares); ``build_machine`` checks that this class
+    and ``TABLE`` name the same triggers. The keyword arguments reach the
+    ``on_enter_*`` callbacks. Each returns whether the transition happened."""
+
+    async def offer(self) -> bool:
+        raise _unbound()
+
+    async def begin(self) -> bool:
+        raise _unbound()
+
+    async def confirm(self, *, cause: str) -> bool:
+        raise _unbound()
+
+    async def present(self, *, presentation: Presentation) -> bool:
+        raise _unbound()
+
+    async def retry_read(self, *, message: str) -> bool:
+        raise _unbound()
+
+    async def authorize(self, *, presentation: Presentation) -> bool:
+        raise _unbound()
+
+    async def approve(self, *, result: CashierResult) -> bool:
+        raise _unbound()
+
+    async def decline(self, *, result: CashierResult) -> bool:
+        raise _unbound()
+
+    async def unknown(self) -> bool:
+        raise _unbound()
+
+    async def reversed(self, *, reason: str) -> bool:
+        raise _unbound()
+
+    async def resume(self) -> bool:
+        raise _unbound()
+
+    async def cancel(self, *, cause: str) -> bool:
+        raise _unbound()
+
+    async def close(self, *, cause: str) -> bool:
+        raise _unbound()
+
+    async def expire(self) -> bool:
+        raise _unbound()
+
+    async def done(self) -> bool:
+        raise _unbound()
+
+    async def fault(self) -> bool:
+        raise _unbound()
+
+
+def _unbound() -> RuntimeError:
+    return RuntimeError("trigger not bound: build_machine() was not called on this model")
+
+
+TRIGGERS = frozenset(name for name in vars(Triggers) if not name.startswith("_"))
 
 
 class OrderDeadline(AsyncTimeout):
@@ -119,8 +234,23 @@ class TransactionMachine(AsyncMachine):
     """AsyncMachine with the ``timeout``/``on_timeout``/``order_deadline`` state features."""
 
 
-def build_machine(model: Any, result_seconds: float = RESULT_SECONDS) -> TransactionMachine:
+class _QuietOverride(logging.Filter):
+    """``model_override`` binds only the triggers ``Triggers`` declares, by
+    design; transitions warns of each helper it skips (``is_IDLE``,
+    ``may_offer``...), some forty lines per machine. Those only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "due to model override policy" not in record.getMessage()
+
+
+logging.getLogger("transitions.core").addFilter(_QuietOverride())
+
+
+def build_machine(model: Triggers, result_seconds: float = RESULT_SECONDS) -> TransactionMachine:
     """Attach the state table to ``model`` (the engine)."""
+    table_triggers = {t.trigger for t in TABLE}
+    if table_triggers != TRIGGERS:  # a trigger without a typed method would not be bound
+        raise TypeError(f"Triggers and TABLE disagree: {sorted(table_triggers ^ TRIGGERS)}")
     states: list[dict[str, Any]] = []
     for state in State:
         spec: dict[str, Any] = {"name": state}
@@ -132,14 +262,13 @@ def build_machine(model: Any, result_seconds: float = RESULT_SECONDS) -> Transac
     return TransactionMachine(
         model=model,
         states=states,
-        transitions=TRANSITIONS,
+        transitions=[
+            {"trigger": t.trigger, "source": list(t.sources), "dest": t.dest} for t in TABLE
+        ],
         initial=State.IDLE,
         queued=True,
         ignore_invalid_triggers=True,
         auto_transitions=False,
         send_event=False,
+        model_override=True,
     )
-
-
-def monotonic_ms() -> int:
-    return time.monotonic_ns() // 1_000_000

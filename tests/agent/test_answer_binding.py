@@ -45,9 +45,9 @@ async def _final(rig: Rig, trans_no: str) -> Phase:
 
 def _outcomes(rig: Rig, trans_no: str) -> set[str]:
     return {
-        str(s.result["outcome"])
+        s.result.outcome
         for s in rig.screens
-        if s.result is not None and s.order is not None and s.order["trans_no"] == trans_no
+        if s.result is not None and s.order is not None and s.order.trans_no == trans_no
     }
 
 

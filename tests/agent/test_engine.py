@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent import engine as engine_module
-from agent.engine import Engine, EngineSettings, ScreenView
+from agent.bridge_protocol import ScreenEvent
+from agent.engine import Engine
+from agent.engine_settings import EngineSettings
 from agent.journal import Journal, JournalError, Phase
 from agent.reject_reports import RejectReports
 from agent.states import State
@@ -60,7 +62,7 @@ class Rig:
     msr: SimReader
     scanner: SimReader
     sink: EventSink
-    screens: list[ScreenView]
+    screens: list[ScreenEvent]
     path: Path
 
     def phase(self, trans_no: str) -> Phase | None:
@@ -91,19 +93,17 @@ async def _make(
         SimReader("msr", "magstripe"),
         SimReader("scan", "scanner"),
     )
-    screens: list[ScreenView] = []
+    screens: list[ScreenEvent] = []
     engine = Engine(
         _settings(**over),
         journal,
         gateway.client(),
         [nfc, msr, scanner],
-        on_screen=lambda v: screens.append(
-            ScreenView(v.screen, v.order, v.progress, v.card, v.result, v.message, v.queue)
-        ),
+        on_screen=lambda view, _waiting: screens.append(view),
         reject_reports=reject_reports,
     )
     sink = EventSink()
-    engine.set_event_publisher(sink.publish)
+    engine.outbox.set_publisher(sink.publish)
     await engine.recover()
     engine.start()
     return Rig(engine, journal, gateway, nfc, msr, scanner, sink, screens, path)
@@ -142,7 +142,7 @@ async def test_sale_by_card_approved_and_reported(rig: Rig) -> None:
     assert list(hops.values()) == sorted(hops.values())
     result = [s for s in rig.screens if s.screen is m.Screen.RESULT][-1]
     assert result.result is not None
-    assert result.result["outcome"] == "approved"
+    assert result.result.outcome == "approved"
     await until(lambda: rig.engine.state is State.IDLE)
 
 
@@ -196,14 +196,14 @@ async def test_idle_push_drawn_before_its_fsync_and_acknowledged_after(rig: Rig)
     OFFERED commit's fsync covers the push; handle_push (after which the link
     sends the PUBACK) returns only once the push is durable."""
     unsynced_when_drawn: list[bool] = []
-    draw = rig.engine._on_screen
+    draw = rig.engine.screen._sink
 
-    def on_screen(view: ScreenView) -> None:
+    def on_screen(view: ScreenEvent, waiting: int) -> None:
         if view.order is not None and not unsynced_when_drawn:
             unsynced_when_drawn.append(rig.journal.unsynced)
-        draw(view)
+        draw(view, waiting)
 
-    rig.engine._on_screen = on_screen
+    rig.engine.screen._sink = on_screen
     await rig.engine.handle_push(push_order("TR1"))
     assert unsynced_when_drawn == [True]  # on screen before its fsync
     assert not rig.journal.unsynced  # durable before the PUBACK
@@ -246,7 +246,7 @@ async def test_outbox_waits_for_the_push_fsync(rig: Rig, monkeypatch: pytest.Mon
     monkeypatch.setattr(rig.journal, "sync", sync)
     task = asyncio.create_task(rig.engine.handle_push(push_order("B")))
     await until(lambda: rig.engine.queue == deque(["B"]))
-    rig.engine.wake_outbox()
+    rig.engine.outbox.wake()
     await asyncio.sleep(0.1)
     assert rig.sink.kinds("B") == []
     assert not task.done()
@@ -330,7 +330,7 @@ async def test_cancel_reaches_gateway_while_link_is_down(tmp_path: Path) -> None
         await until(lambda: r.gateway.status.get("TR9") is m.TransStatus.CANCELLED)
         assert r.sink.kinds("TR9") == []
         r.sink.up = True
-        r.engine.wake_outbox()  # what the service does when the link connects
+        r.engine.outbox.wake()  # what the service does when the link connects
         await until(lambda: r.sink.kinds("TR9") == ["received", "displayed", "cancelled"])
     finally:
         await r.engine.stop()

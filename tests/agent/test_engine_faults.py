@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import engine as engine_module
+from agent import faults
 from agent.engine import Engine
+from agent.inbox import OfferNext
 from agent.journal import Journal, Phase
 from agent.states import State
 from cloud import messages as m
@@ -79,7 +80,7 @@ async def test_an_exception_in_any_state_ends_the_order_and_the_next_is_paid(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, step: str, ends: Phase
 ) -> None:
     monkeypatch.setenv("SADAD_AGENT_FAIL_AT", step)
-    monkeypatch.setattr(engine_module, "_FAILED_AT", set())
+    monkeypatch.setattr(faults, "_FAILED_AT", set())
     if step == "resolving":
         rig.gateway.fail_next.append("timeout")  # no charge, outcome unknown
     await rig.engine.handle_push(push_order("TR1"))
@@ -89,7 +90,7 @@ async def test_an_exception_in_any_state_ends_the_order_and_the_next_is_paid(
     assert await _final(rig, "TR1") is ends
     assert await _gateway_final(rig, "TR1") is AGREES[ends]  # the gateway agrees
     assert rig.gateway.charges.count("TR1") == (1 if ends is Phase.APPROVED else 0)
-    assert {step} == engine_module._FAILED_AT  # it did fire
+    assert {step} == faults._FAILED_AT  # it did fire
     await until(lambda: rig.journal.pending_events() == [])  # reported
     await _idle(rig)
     rig.nfc.armed = None
@@ -101,10 +102,10 @@ async def test_a_screen_that_cannot_be_drawn_does_not_touch_the_money(tmp_path: 
     rig = await _make(tmp_path / "journal.db", SimGateway())
     try:
 
-        def broken(_view: object) -> None:
+        def broken(_view: object, _waiting: int) -> None:
             raise ValueError("line too long for the bridge")
 
-        rig.engine._on_screen = broken
+        rig.engine.screen._sink = broken
         assert await _pay(rig, "TR1") is Phase.APPROVED
     finally:
         await rig.engine.stop()
@@ -167,7 +168,7 @@ async def test_a_decline_message_with_a_card_number_is_kept_masked(rig: Rig) -> 
     assert row is not None
     assert row.reason == "Card 476173******0010 blocked[2J by issuer"
     (result,) = [s.result for s in rig.screens if s.result is not None]
-    assert result["reason"] == row.reason
+    assert result.reason == row.reason
     await until(lambda: "failed" in rig.sink.kinds("TR1"))
     assert rig.sink.events[-1].reason == row.reason
     await _idle(rig)
@@ -204,12 +205,12 @@ async def test_a_stuck_worker_stops_the_watchdog(tmp_path: Path) -> None:
     rig = await _make(tmp_path / "journal.db", SimGateway(), stall_after=0.2)
     try:
 
-        async def hangs(_kind: str, _arg: object) -> None:
+        async def hangs(_event: object) -> None:
             await asyncio.Event().wait()
 
         rig.engine._handle = hangs  # type: ignore[method-assign,assignment]
         assert not rig.engine.stalled()
-        rig.engine._inbox.put_nowait(("next", None))
+        rig.engine._inbox.put_nowait(OfferNext())
         await asyncio.sleep(0.05)
         assert not rig.engine.stalled()
         await until(rig.engine.stalled, timeout=2)
@@ -233,5 +234,5 @@ def test_journal_keeps_closes_until_applied(tmp_path: Path) -> None:
 
 
 def test_engine_is_importable_with_its_fail_points() -> None:
-    assert issubclass(engine_module.Failpoint, RuntimeError)
+    assert issubclass(faults.Failpoint, RuntimeError)
     assert Engine.stalled.__doc__

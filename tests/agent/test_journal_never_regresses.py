@@ -212,7 +212,7 @@ async def test_engine_shows_the_journaled_outcome_not_a_refused_one(
             await until(lambda: any(s.screen is m.Screen.RESULT for s in rig.screens))
         result = next(s for s in rig.screens if s.screen is m.Screen.RESULT).result
         assert result is not None
-        assert (result["outcome"], result["reason"]) == ("closed", "Closed by the POS")
+        assert (result.outcome, result.reason) == ("closed", "Closed by the POS")
         row = rig.journal.get("TR1")
         assert row is not None
         assert row.phase is Phase.CLOSED

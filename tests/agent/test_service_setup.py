@@ -23,7 +23,8 @@ from agent.bridge_protocol import (
     encode_line,
 )
 from agent.config import AgentConfig, GatewayConfig, MqttConfig, TerminalConfig, UiConfig
-from agent.engine import Engine, EngineSettings
+from agent.engine import Engine
+from agent.engine_settings import EngineSettings
 from agent.journal import Journal
 from agent.service import AgentService
 from agent.setup_access import SetupAccess

@@ -339,8 +339,8 @@ class Terminal:
     ) -> None:
         """Run the agent until it says ready (``ready=False``: just start it);
         ``crash_at`` makes it SIGKILL itself at that step
-        (``agent.engine._crash_point``), ``fail_at`` raise there once
-        (``agent.engine._fail_point``)."""
+        (``agent.faults.crash_point``), ``fail_at`` raise there once
+        (``agent.faults.fail_point``)."""
         said_ready = f"agent {self.sn} ready ("
         before = self.log_text().count(said_ready)
         env = dict(os.environ, **unit_environment())
