@@ -3,7 +3,7 @@
 Contract (DESIGN.md "Processes": the agent's Unix socket, state events out,
 cashier intents in; screen names from docs/protocol.md part C). This module does
 no I/O and imports neither asyncio nor anything else from ``agent/``: the UI
-(``ui/bridge_client.py``) and the CLI import it directly.
+(``agent/bridge_client.py``) and the CLI import it directly.
 
 Framing
     One UTF-8 JSON object per line, terminated by ``\\n`` (a trailing ``\\r``

@@ -159,9 +159,9 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.bridge_client import query_status
     from agent.bridge_protocol import BridgeError
     from agent.config import ConfigError as AgentConfigError
-    from ui.bridge_client import query_status
 
     try:
         data = asyncio.run(query_status(_socket_path(args), timeout=5.0))

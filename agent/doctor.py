@@ -49,8 +49,8 @@ async def _clock(cfg: AgentConfig) -> tuple[str, str]:
 
 
 async def _agent_readers(cfg: AgentConfig) -> dict[str, str] | None:
+    from agent.bridge_client import query_status
     from agent.bridge_protocol import BridgeError
-    from ui.bridge_client import query_status
 
     try:
         data = await query_status(str(cfg.ui.socket), timeout=3.0)

@@ -13,7 +13,7 @@ directory on the disk (``workdir``). What this module adds is the timing:
 * ``TimedScreens``: the screen events as a UI process sees them, stamped by
   ``stamps.ScreenStamper`` (a child process that reads the agent's bridge
   socket and stamps each read as it wakes up), and a
-  ``ui.bridge_client.BridgeClient`` in a thread for the intents.
+  ``agent.bridge_client.BridgeClient`` in a thread for the intents.
 
   No stamp waits for this script's GIL (which its threads and the POS
   client's loop share): stamped in the script's threads, a push could be
@@ -65,12 +65,12 @@ import tomlkit
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import bridge_protocol as bp
+from agent.bridge_client import BridgeClient
 from benchmarks.stack import ReadySocket, agent_env
 from benchmarks.stamps import Arrival, ScreenStamper, Seen, StampedSubscriber
 from sandbox.broker import MosquittoBroker
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import REPO, TIME_SCALE, SandboxHandle, wait_until
-from ui.bridge_client import BridgeClient
 
 BENCH_RESULT_SECONDS = 0.1  # the result screen's dwell here (``[ui] result_seconds``, default 4)
 

@@ -30,7 +30,7 @@ from textual.binding import Binding, BindingType
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from agent import bridge_protocol as bp
-from ui.bridge_client import BridgeClient
+from agent.bridge_client import BridgeClient
 from ui.messages import AgentMessage, CashierIntent, OpenSetup, to_message
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.setup import SetupScreen

@@ -10,7 +10,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from agent import bridge_protocol as bp
-from ui.bridge_client import AgentLost
+from agent.bridge_client import AgentLost
 
 
 class AgentMessage(Message):

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent import bridge_protocol as bp
+from agent.bridge_client import AgentLost
 from cloud.messages import Screen
 from cloud.status_rules import Ladder, Verdict
-from ui.bridge_client import AgentLost
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent.bridge import MAX_PENDING_INTENTS, BridgeServer
+from agent.bridge_client import BridgeClient
 from agent.bridge_protocol import (
     BridgeError,
     ConfirmIntent,
@@ -35,7 +36,6 @@ from agent.bridge_protocol import (
     TestConnectionIntent,
     encode_line,
 )
-from ui.bridge_client import BridgeClient
 
 TERMINAL = TerminalInfo(sn="PP35271234567", store_name="Corner Café")
 

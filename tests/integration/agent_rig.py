@@ -2,7 +2,7 @@
 
 - ``Sim``: one ``sadad-reader-sim`` on a pseudo-terminal, driven through its
   stdin (``present visa``, ``remove``, ``unplug``, ``replug``).
-- ``ScreenWatcher``: a ``ui.bridge_client.BridgeClient`` on the agent's
+- ``ScreenWatcher``: an ``agent.bridge_client.BridgeClient`` on the agent's
   socket (in a thread of its own) recording every screen the checkout shows.
 - ``Terminal``: readers + ``python -m agent.cli run`` for one provisioned SN
   (stderr captured to ``agent.log``, which the card-data test scans), the
@@ -35,11 +35,11 @@ from typing import Any
 import tomlkit
 
 from agent import bridge_protocol as bp
+from agent.bridge_client import BridgeClient
 from cloud.config import load_config
 from cloud.messages import OnlineStatus, OrderInfo, TransStatus
 from cloud.pos import PosClient
 from tests.integration.conftest import REPO, SandboxHandle, wait_until
-from ui.bridge_client import BridgeClient
 
 # Card data the simulators hold: none of it may reach the agent's log or journal.
 SECRETS = (

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import tomlkit
 
+from agent.bridge_client import BridgeClient
 from agent.technician import hash_pin
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import SandboxHandle
-from ui.bridge_client import BridgeClient
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,6 +18,7 @@ import pytest
 
 from agent import bridge_protocol as bp
 from agent.bridge import BridgeServer, intent_client
+from agent.bridge_client import BridgeClient
 from agent.config import ConfigError, load_config
 from agent.journal import Journal
 from agent.setup_access import LOCKED as SETUP_LOCKED
@@ -26,7 +27,6 @@ from agent.technician import hash_pin
 from cloud.messages import Screen
 from cloud.signing import generate_key_pem
 from ui.app import CheckoutApp
-from ui.bridge_client import BridgeClient
 
 NOW = 1_800_000_000_000  # the frozen clock (ms)
 

@@ -137,7 +137,7 @@ async def test_unreadable_config_stays_locked(agent: ScriptedAgent, tmp_path: Pa
 async def test_setup_actions_need_the_pin_at_the_agent(agent: ScriptedAgent) -> None:
     """A process of the UI's user that skips the screen gets nothing."""
     write_config(agent.path.parent)
-    from ui.bridge_client import BridgeClient
+    from agent.bridge_client import BridgeClient
 
     client = BridgeClient(str(agent.path))
     await client.connect()

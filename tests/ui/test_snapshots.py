@@ -19,10 +19,10 @@ from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
 from agent import bridge_protocol as bp
+from agent.bridge_client import BridgeClient
 from cloud.messages import Screen
 from tests.ui.conftest import ORDER, PIN, ScriptedAgent, screen_text, until, write_config
 from ui.app import CheckoutApp
-from ui.bridge_client import BridgeClient
 
 CARD = bp.CardInfo(masked_pan="476173******0010", brand="VISA", entry_mode="contactless")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from agent import bridge_protocol as bp
+from agent.bridge_client import AgentLost
 from cloud.messages import Screen
 from tests.ui.conftest import NOW, ORDER
 from ui import bigfont
 from ui.app import build_app
-from ui.bridge_client import AgentLost
 from ui.messages import AgentDown, AgentHello, QueueChanged, ScreenChanged, to_message
 from ui.view import CheckoutView, countdown_text, format_amount, mask_digits, methods_text
 

@@ -36,9 +36,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, ContentSwitcher, Footer, Static
 
 from agent import bridge_protocol as bp
+from agent.bridge_client import BridgeClient
 from agent.config import ConfigError
 from agent.config_edit import EcrHubSettings
-from ui.bridge_client import BridgeClient
 from ui.view import mask_digits
 from ui.widgets.ecr_hub_form import EcrHubForm
 from ui.widgets.pin_prompt import PinPrompt

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent.bridge import BridgeServer
+from agent.bridge_client import AgentLost, BridgeClient, ClientEvent, query_status
 from agent.bridge_protocol import (
     AgentUnavailable,
     BridgeError,
@@ -27,7 +28,6 @@ from agent.bridge_protocol import (
     StatusIntent,
     TerminalInfo,
 )
-from ui.bridge_client import AgentLost, BridgeClient, ClientEvent, query_status
 
 
 class SimAgent:

@@ -1,8 +1,10 @@
-"""The UI's end of the agent bridge: a reconnecting JSON-lines client.
+"""The client's end of the agent bridge: a reconnecting JSON-lines client,
+used by the checkout UI and by ``sadad-agent status``/``doctor``.
 
 Contract (DESIGN.md "Processes": ``sadad-ui`` can crash or restart, and so
 can the agent, without touching a payment in flight; the protocol is in
-``agent.bridge_protocol``, the only ``agent`` module the UI imports):
+``agent.bridge_protocol``; this module and the protocol are all of ``agent``
+the UI imports):
 
 * ``BridgeClient.connect()`` starts a background task that connects to the
   agent's socket and, whenever the connection fails or drops, tries again
