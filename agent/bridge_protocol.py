@@ -107,8 +107,8 @@ __all__ = [
     "StateEvent",
     "StatusIntent",
     "TerminalInfo",
-    "TestConnectionIntent",
-    "TestReaderIntent",
+    "CheckConnectionIntent",
+    "CheckReaderIntent",
     "UnlockSetupIntent",
     "encode_line",
     "intent_from_args",
@@ -292,11 +292,11 @@ class ReloadIntent(_IntentBase, frozen=True, kw_only=True, tag="reload"):
     pass
 
 
-class TestConnectionIntent(_IntentBase, frozen=True, kw_only=True, tag="test_connection"):
+class CheckConnectionIntent(_IntentBase, frozen=True, kw_only=True, tag="test_connection"):
     __test__ = False  # not a pytest test class, whatever its name says
 
 
-class TestReaderIntent(_IntentBase, frozen=True, kw_only=True, tag="test_reader"):
+class CheckReaderIntent(_IntentBase, frozen=True, kw_only=True, tag="test_reader"):
     __test__ = False
 
     reader: str | None = None
@@ -346,8 +346,8 @@ Intent = (
     ConfirmIntent
     | CancelIntent
     | ReloadIntent
-    | TestConnectionIntent
-    | TestReaderIntent
+    | CheckConnectionIntent
+    | CheckReaderIntent
     | StatusIntent
     | EnterSetupIntent
     | LeaveSetupIntent

@@ -446,7 +446,7 @@ class AgentService:
         if isinstance(intent, bp.ReloadIntent):
             ok, text = await self.reload()
             return {"ok": ok, "reason": text}
-        if isinstance(intent, bp.TestConnectionIntent):
+        if isinstance(intent, bp.CheckConnectionIntent):
             ok, stage, reason = await test_connection(self.cfg.mqtt, self.cfg.terminal.sn, 10.0)
             gw_ok, gw_reason = (False, "not configured")
             if self.gateway is not None:
@@ -454,7 +454,7 @@ class AgentService:
             if ok and not gw_ok:
                 ok, stage, reason = False, "gateway", gw_reason
             return {"ok": ok, "stage": stage, "reason": reason, "gateway": gw_reason}
-        if isinstance(intent, bp.TestReaderIntent):
+        if isinstance(intent, bp.CheckReaderIntent):
             return await self._test_reader(intent.reader)
         raise ValueError(f"unsupported intent {type(intent).__name__}")
 

@@ -33,7 +33,7 @@ from agent.bridge_protocol import (
     StateEvent,
     StatusIntent,
     TerminalInfo,
-    TestConnectionIntent,
+    CheckConnectionIntent,
     encode_line,
 )
 
@@ -54,7 +54,7 @@ class SimAgent:
 
     async def on_intent(self, intent: Intent) -> dict[str, Any]:
         self.intents.append(intent)
-        if isinstance(intent, TestConnectionIntent):
+        if isinstance(intent, CheckConnectionIntent):
             raise RuntimeError("broker unreachable: connection refused")
         if isinstance(intent, ConfirmIntent) and intent.trans_no == "slow":
             await self.release.wait()
@@ -331,7 +331,7 @@ async def test_failing_intent_is_ok_false_and_the_server_keeps_serving(
 ) -> None:
     peer = await RawPeer.open(sock_path)
     await peer.next()
-    await peer.send(encode_line(TestConnectionIntent(id="t-1")))
+    await peer.send(encode_line(CheckConnectionIntent(id="t-1")))
     reply = await peer.reply()
     assert reply.id == "t-1"
     assert not reply.ok

@@ -38,8 +38,8 @@ from agent.bridge_protocol import (
     Snapshot,
     StatusIntent,
     TerminalInfo,
-    TestConnectionIntent,
-    TestReaderIntent,
+    CheckConnectionIntent,
+    CheckReaderIntent,
     UnlockSetupIntent,
     encode_line,
     intent_from_args,
@@ -103,9 +103,9 @@ INTENTS: list[Intent] = [
     ConfirmIntent(id="1b"),
     CancelIntent(id="2", trans_no="T1"),
     ReloadIntent(id="3"),
-    TestConnectionIntent(id="4"),
-    TestReaderIntent(id="5", reader="nfc"),
-    TestReaderIntent(id="5b"),
+    CheckConnectionIntent(id="4"),
+    CheckReaderIntent(id="5", reader="nfc"),
+    CheckReaderIntent(id="5b"),
     StatusIntent(id="6"),
     EnterSetupIntent(id="7"),
     LeaveSetupIntent(id="8"),
@@ -169,7 +169,7 @@ def test_wire_shape_matches_the_documented_protocol() -> None:
         "data": {},
         "error": "no order to confirm",
     }
-    assert json.loads(encode_line(TestReaderIntent(id="5", reader="nfc"))) == {
+    assert json.loads(encode_line(CheckReaderIntent(id="5", reader="nfc"))) == {
         "intent": "test_reader",
         "id": "5",
         "reader": "nfc",
@@ -297,7 +297,7 @@ def test_amount_is_a_decimal_string() -> None:
 
 
 def test_intent_from_args_rejects_unknown_names_and_bad_args() -> None:
-    assert intent_from_args("test_reader", "i", reader="qr") == TestReaderIntent(
+    assert intent_from_args("test_reader", "i", reader="qr") == CheckReaderIntent(
         id="i", reader="qr"
     )
     with pytest.raises(BridgeProtocolError, match="pay_twice"):

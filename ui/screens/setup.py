@@ -170,11 +170,11 @@ class SetupScreen(ModalScreen[None]):
 
     def action_test_connection(self) -> None:
         if self.unlocked:
-            self.test_connection()
+            self.check_connection()
 
     def action_test_reader(self) -> None:
         if self.unlocked:
-            self.test_reader()
+            self.check_reader()
 
     def action_save(self) -> None:
         if self.unlocked:
@@ -201,7 +201,7 @@ class SetupScreen(ModalScreen[None]):
             return True
 
     @work(exclusive=True, group="setup-test-connection")
-    async def test_connection(self) -> None:
+    async def check_connection(self) -> None:
         widget = "connection-result"
         self._result(widget, "Testing the connection...", ok=None)
         note = "  (tested the saved settings: save to test your changes)" if self._dirty() else ""
@@ -221,7 +221,7 @@ class SetupScreen(ModalScreen[None]):
             self._result(widget, f"Connection failed: {stage}: {reason}{note}", ok=False)
 
     @work(exclusive=True, group="setup-test-reader")
-    async def test_reader(self) -> None:
+    async def check_reader(self) -> None:
         widget = "reader-result"
         self._result(widget, "Reader test: present a card or a code to the reader...", ok=None)
         try:
