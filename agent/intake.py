@@ -31,7 +31,7 @@ from agent.clock import Clock
 from agent.durability import Durability
 from agent.faults import crash_point
 from agent.inbox import ClosePushed
-from agent.journal import Journal, JournalError
+from agent.journal import Journal, JournalError, OrderRecord
 from agent.rejections import PushRejections
 from cloud import envelope, redact
 from cloud import messages as m
@@ -137,24 +137,22 @@ class PushIntake:
         return NewOrder(biz)
 
 
-def _order_record(biz: m.PushOrder) -> dict[str, object]:
-    """The journal's new-order row for a push."""
-    return {
-        "trans_no": biz.trans_no,
-        "merchant_no": biz.merchant_no,
-        "merchant_order_no": biz.merchant_order_no,
-        "trans_type": int(biz.trans_type),
-        "orig_trans_no": biz.orig_trans_no,
-        "currency": biz.price_currency,
-        "amount": biz.order_amount,
-        "tip_amount": biz.tip_amount,
+def _order_record(biz: m.PushOrder) -> OrderRecord:
+    """The journal's new-order record for a push."""
+    return OrderRecord(
+        trans_no=biz.trans_no,
+        merchant_no=biz.merchant_no,
+        merchant_order_no=biz.merchant_order_no,
+        trans_type=int(biz.trans_type),
+        orig_trans_no=biz.orig_trans_no,
+        currency=biz.price_currency,
+        amount=biz.order_amount,
+        tip_amount=biz.tip_amount,
         # Free text from the POS: kept as it may be shown (a screen line
         # is never longer; control and bidi-control characters dropped).
-        "description": redact.display(biz.description, m.MAX_DESCRIPTION)
-        if biz.description
-        else None,
-        "pay_scenario": biz.pay_scenario.value if biz.pay_scenario else None,
-        "confirm": int(biz.confirm_on_terminal),
-        "expires_at": biz.expires_at,
-        "queue_mode": biz.order_queue_mode.value,
-    }
+        description=redact.display(biz.description, m.MAX_DESCRIPTION) if biz.description else None,
+        pay_scenario=biz.pay_scenario.value if biz.pay_scenario else None,
+        confirm=biz.confirm_on_terminal,
+        expires_at=biz.expires_at,
+        queue_mode=biz.order_queue_mode.value,
+    )

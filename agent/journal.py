@@ -25,7 +25,7 @@ Contract (DESIGN.md "Transaction engine", docs/protocol.md part C and D):
 * Events for the TMS go through an outbox (transactional outbox pattern), so
   a crash between "final" and "published" loses nothing.
 * It never holds a full PAN, track data, EMV data or a wallet code: callers
-  pass masked values only, and ``_check_clean`` refuses card fields with digit
+  pass masked values only, and ``check_clean`` refuses card fields with digit
   runs that look like a PAN; a free-text ``reason`` from outside (a decline
   message) has such runs masked instead, so it is never refused.
 
@@ -36,273 +36,33 @@ user_version``).
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+# The journal's vocabulary, re-exported: importers take these from here.
+from agent.journal_rows import AttemptRow as AttemptRow
+from agent.journal_rows import JournalError as JournalError
+from agent.journal_rows import OrderRecord as OrderRecord
+from agent.journal_rows import OutboxRow as OutboxRow
+from agent.journal_rows import TxRow as TxRow
+from agent.journal_rows import check_clean, tx_row
+from agent.journal_schema import MAX_REJECTIONS, MAX_SETUP_LOG, MIGRATIONS
+from agent.phases import ATTEMPT_FROM, phase_verdict
+from agent.phases import Phase as Phase
 from cloud import redact
-from cloud.status_rules import Ladder, Verdict
+from cloud.status_rules import Verdict
 
 log = logging.getLogger(__name__)
 
 
-class Phase(enum.StrEnum):
-    """Where a transaction stands, as journaled (a subset of the engine states)."""
-
-    OFFERED = "OFFERED"
-    AWAITING_PAYMENT = "AWAITING_PAYMENT"
-    AUTHORIZING = "AUTHORIZING"
-    RESOLVING = "RESOLVING"
-    APPROVED = "APPROVED"
-    DECLINED = "DECLINED"
-    CANCELLED = "CANCELLED"
-    CLOSED = "CLOSED"
-    EXPIRED = "EXPIRED"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_PHASES
-
-
-FINAL_PHASES = frozenset(
-    {Phase.APPROVED, Phase.DECLINED, Phase.CANCELLED, Phase.CLOSED, Phase.EXPIRED}
-)
-
-# A transaction's phases in the order a sale reaches them (``cloud.status_rules``).
-PHASES: Ladder[Phase] = Ladder(
-    steps=tuple(
-        frozenset({p})
-        for p in (Phase.OFFERED, Phase.AWAITING_PAYMENT, Phase.AUTHORIZING, Phase.RESOLVING)
-    ),
-    finals=FINAL_PHASES,
-)
-_WAITING = frozenset({Phase.OFFERED, Phase.AWAITING_PAYMENT})
-
-
-def phase_verdict(held: Phase, new: Phase, *, attempted: bool) -> Verdict:
-    """What moving a transaction in ``held`` to ``new`` does: ``PHASES``, except
-    that a restart may offer an order again (back to waiting for the card)
-    while no payment attempt is journaled - after one, never: that would
-    invite a second payment."""
-    verdict = PHASES.judge(held, new)
-    if verdict is Verdict.STALE and not held.is_final and new in _WAITING and not attempted:
-        return Verdict.MOVE
-    return verdict
-
-
-# The phases a new payment attempt may start from (it moves them to AUTHORIZING).
-_ATTEMPT_FROM = tuple(
-    p.value
-    for p in Phase
-    if phase_verdict(p, Phase.AUTHORIZING, attempted=True) in (Verdict.MOVE, Verdict.REPEAT)
-)
-
-
-MIGRATIONS: list[str] = [
-    # 1: the first schema
-    """
-    CREATE TABLE pushes (
-        message_id TEXT PRIMARY KEY,
-        topic TEXT NOT NULL,
-        trans_no TEXT,
-        received_at INTEGER NOT NULL,
-        outcome TEXT NOT NULL
-    );
-    CREATE TABLE transactions (
-        trans_no TEXT PRIMARY KEY,
-        message_id TEXT NOT NULL,
-        merchant_no TEXT NOT NULL,
-        merchant_order_no TEXT NOT NULL,
-        trans_type INTEGER NOT NULL,
-        orig_trans_no TEXT,
-        currency TEXT NOT NULL,
-        amount TEXT NOT NULL,
-        tip_amount TEXT,
-        description TEXT,
-        pay_scenario TEXT,
-        confirm INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        queue_mode TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        phase TEXT NOT NULL,
-        final INTEGER NOT NULL DEFAULT 0,
-        reason TEXT,
-        masked_pan TEXT,
-        card_brand TEXT,
-        entry_mode TEXT,
-        auth_code TEXT,
-        ref_no TEXT,
-        pay_method_id TEXT,
-        error_code TEXT,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
-    );
-    CREATE INDEX transactions_open ON transactions(final, seq);
-    CREATE TABLE attempts (
-        request_no TEXT PRIMARY KEY,
-        trans_no TEXT NOT NULL REFERENCES transactions(trans_no),
-        kind TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        answered_at INTEGER,
-        answer_status INTEGER,
-        reverse_requested_at INTEGER,
-        reverse_acked_at INTEGER
-    );
-    CREATE INDEX attempts_trans ON attempts(trans_no);
-    CREATE TABLE hops (
-        trans_no TEXT NOT NULL,
-        name TEXT NOT NULL,
-        at_ms INTEGER NOT NULL,
-        PRIMARY KEY (trans_no, name)
-    );
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        trans_no TEXT,
-        kind TEXT NOT NULL,
-        reason TEXT,
-        message_id TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        sent_at INTEGER
-    );
-    """,
-    # 2: the outbox keeps sent events until pruned; without this index every
-    # drain scanned all of them (~30 ms a drain after 90 days of 500 sales a day)
-    "CREATE INDEX outbox_unsent ON outbox(id) WHERE sent_at IS NULL",
-    # 3: pushes refused before their signature verified, kept apart from
-    # ``pushes`` (which suppresses duplicates by message_id: a forged push
-    # must not claim the id of a genuine one to come); bounded, and never the
-    # payload - only what ``cloud.redact.safe`` leaves of its claims.
-    """
-    CREATE TABLE rejections (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at_ms INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        claimed_id TEXT,
-        size INTEGER NOT NULL,
-        suppressed INTEGER NOT NULL
-    );
-    """,
-    # 4: the technician PIN's lockout (one row: it must survive restarts of
-    # the UI and of the agent) and what was done in setup, when (never a PIN).
-    """
-    CREATE TABLE technician (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        failures INTEGER NOT NULL,
-        lockouts INTEGER NOT NULL,
-        locked_until_ms INTEGER NOT NULL
-    );
-    CREATE TABLE setup_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at_ms INTEGER NOT NULL,
-        action TEXT NOT NULL,
-        outcome TEXT NOT NULL
-    );
-    """,
-]
-
-MAX_SETUP_LOG = 1000
-
-# How many rejection rows are kept (the newest); a report at most every 2 s
-# (``agent.reject_reports``) makes that ~half an hour of a steady flood.
-MAX_REJECTIONS = 1000
-
-# 13-19 digit runs pass the PAN shape; the journal refuses them outright.
-_PAN_LIKE = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
-
-
-class JournalError(Exception):
-    """The journal cannot be opened or written: the agent must not go on."""
-
-
-@dataclass(frozen=True, slots=True)
-class TxRow:
-    trans_no: str
-    message_id: str
-    merchant_no: str
-    merchant_order_no: str
-    trans_type: int
-    orig_trans_no: str | None
-    currency: str
-    amount: Decimal
-    tip_amount: Decimal | None
-    description: str | None
-    pay_scenario: str | None
-    confirm: bool
-    expires_at: int
-    queue_mode: str
-    seq: int
-    phase: Phase
-    final: bool
-    reason: str | None
-    masked_pan: str | None
-    card_brand: str | None
-    entry_mode: str | None
-    auth_code: str | None
-    ref_no: str | None
-    pay_method_id: str | None
-    error_code: str | None
-    created_at: int
-    updated_at: int
-
-    @property
-    def trans_amount(self) -> Decimal:
-        return self.amount + (self.tip_amount or Decimal(0))
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRow:
-    request_no: str
-    trans_no: str
-    kind: str
-    created_at: int
-    answered_at: int | None
-    answer_status: int | None
-    reverse_requested_at: int | None
-    reverse_acked_at: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    trans_no: str | None
-    kind: str
-    reason: str | None
-    message_id: str
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _check_clean(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` fit to keep. A ``reason`` is text from outside (a gateway's
-    decline message): its card-number-like digit runs are masked, so it is
-    always kept. The fields our own card handling fills must already be
-    masked: one that looks like a PAN is a bug, refused (JournalError).
-    Order fields from the POS may legitimately be long digit strings (order
-    numbers, gateway ids) and are not looked at."""
-    out = dict(values)
-    reason = out.get("reason")
-    if isinstance(reason, str):
-        out["reason"] = redact.mask_digit_runs(reason)
-    for key in _CARD_FIELDS & out.keys():
-        value = out[key]
-        if isinstance(value, str) and _PAN_LIKE.search(value):
-            raise JournalError(f"refusing to journal {key}: it looks like card data")
-    return out
-
-
-_CARD_FIELDS = frozenset({"masked_pan", "card_brand", "entry_mode", "auth_code"})
 
 
 class Journal:
@@ -548,13 +308,13 @@ class Journal:
         ).fetchall()
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
-    def record_order(self, message_id: str, tx: dict[str, Any]) -> bool:
+    def record_order(self, message_id: str, order: OrderRecord) -> bool:
         """Journal an accepted order push and its transaction in one commit.
 
         Returns False (and writes nothing) when ``message_id`` or the
         ``trans_no`` was journaled before: a redelivery.
         """
-        tx = _check_clean(tx)
+        tx = check_clean(order.columns())
         now = _now_ms()
         with self._tx() as db:
             cur = db.execute(
@@ -580,7 +340,7 @@ class Journal:
                 "final": 0,
                 "created_at": now,
                 "updated_at": now,
-                **{k: (str(v) if isinstance(v, Decimal) else v) for k, v in tx.items()},
+                **tx,
             }
             cols = ",".join(row)
             db.execute(
@@ -620,18 +380,18 @@ class Journal:
         row = self._db.execute(
             "SELECT * FROM transactions WHERE trans_no=?", (trans_no,)
         ).fetchone()
-        return None if row is None else _tx_row(row)
+        return None if row is None else tx_row(row)
 
     def open_transactions(self) -> list[TxRow]:
         """Non-final transactions in arrival order."""
         rows = self._db.execute("SELECT * FROM transactions WHERE final=0 ORDER BY seq").fetchall()
-        return [_tx_row(r) for r in rows]
+        return [tx_row(r) for r in rows]
 
     def recent(self, limit: int = 20) -> list[TxRow]:
         rows = self._db.execute(
             "SELECT * FROM transactions ORDER BY seq DESC LIMIT ?", (limit,)
         ).fetchall()
-        return [_tx_row(r) for r in rows]
+        return [tx_row(r) for r in rows]
 
     def set_phase(self, trans_no: str, phase: Phase, **fields: Any) -> bool:
         """Move a non-final transaction to a non-final phase (with masked card
@@ -639,14 +399,14 @@ class Journal:
         it (the transaction is final, or the move goes back)."""
         if phase.is_final:
             raise ValueError("use finish() for final phases")
-        return self._update(trans_no, phase, final=False, fields=_check_clean(fields))
+        return self._update(trans_no, phase, final=False, fields=check_clean(fields))
 
     def finish(self, trans_no: str, phase: Phase, **fields: Any) -> bool:
         """Make a transaction final. Returns False if it already was (no change;
         another final phase is logged as a conflict)."""
         if not phase.is_final:
             raise ValueError(f"{phase} is not final")
-        return self._update(trans_no, phase, final=True, fields=_check_clean(fields))
+        return self._update(trans_no, phase, final=True, fields=check_clean(fields))
 
     def _update(self, trans_no: str, phase: Phase, *, final: bool, fields: dict[str, Any]) -> bool:
         sets = {"phase": phase.value, "final": int(final), "updated_at": _now_ms(), **fields}
@@ -688,8 +448,8 @@ class Journal:
             )
             cur = db.execute(
                 "UPDATE transactions SET phase=?, updated_at=? "  # noqa: S608 - placeholders only
-                f"WHERE trans_no=? AND final=0 AND phase IN ({','.join('?' * len(_ATTEMPT_FROM))})",
-                (Phase.AUTHORIZING.value, now, trans_no, *_ATTEMPT_FROM),
+                f"WHERE trans_no=? AND final=0 AND phase IN ({','.join('?' * len(ATTEMPT_FROM))})",
+                (Phase.AUTHORIZING.value, now, trans_no, *ATTEMPT_FROM),
             )
             if cur.rowcount != 1:
                 log.error(
@@ -772,7 +532,7 @@ class Journal:
     def enqueue_event(
         self, kind: str, message_id: str, trans_no: str | None, reason: str | None = None
     ) -> int:
-        reason = _check_clean({"reason": reason})["reason"]
+        reason = check_clean({"reason": reason})["reason"]
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO outbox (trans_no, kind, reason, message_id, created_at) "
@@ -838,13 +598,3 @@ def _log_refused(trans_no: str, held: Phase, refused: Phase, verdict: Verdict) -
         held.value,
         refused.value,
     )
-
-
-def _tx_row(row: sqlite3.Row) -> TxRow:
-    data = dict(row)
-    data["amount"] = Decimal(data["amount"])
-    data["tip_amount"] = Decimal(data["tip_amount"]) if data["tip_amount"] else None
-    data["confirm"] = bool(data["confirm"])
-    data["final"] = bool(data["final"])
-    data["phase"] = Phase(data["phase"])
-    return TxRow(**data)

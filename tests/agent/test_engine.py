@@ -16,7 +16,7 @@ from agent import engine as engine_module
 from agent.bridge_protocol import ScreenEvent
 from agent.engine import Engine
 from agent.engine_settings import EngineSettings
-from agent.journal import Journal, JournalError, Phase
+from agent.journal import Journal, JournalError, OrderRecord, Phase
 from agent.reject_reports import RejectReports
 from agent.states import State
 from cloud import envelope
@@ -488,21 +488,21 @@ async def test_events_wait_for_the_link(rig: Rig) -> None:
 async def _seed_attempt(j: Journal, gw: SimGateway, trans_no: str, *, charged: bool) -> None:
     push, biz = envelope.open_push(push_order(trans_no), GW_PUBLIC, SN)
     assert isinstance(biz, m.PushOrder)
-    fields = {
-        "trans_no": biz.trans_no,
-        "merchant_no": biz.merchant_no,
-        "merchant_order_no": biz.merchant_order_no,
-        "trans_type": 1,
-        "orig_trans_no": None,
-        "currency": "QAR",
-        "amount": biz.order_amount,
-        "tip_amount": None,
-        "description": None,
-        "pay_scenario": None,
-        "confirm": 0,
-        "expires_at": biz.expires_at,
-        "queue_mode": "FIFO",
-    }
+    fields = OrderRecord(
+        trans_no=biz.trans_no,
+        merchant_no=biz.merchant_no,
+        merchant_order_no=biz.merchant_order_no,
+        trans_type=1,
+        orig_trans_no=None,
+        currency="QAR",
+        amount=biz.order_amount,
+        tip_amount=None,
+        description=None,
+        pay_scenario=None,
+        confirm=False,
+        expires_at=biz.expires_at,
+        queue_mode="FIFO",
+    )
     assert j.record_order(push.message_id, fields)
     j.new_attempt(trans_no, f"{SN}-{trans_no}-1", "card")
     if charged:

@@ -18,7 +18,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.journal import MAX_REJECTIONS, Journal, Phase
+from agent.journal import Journal, Phase
+from agent.journal_schema import MAX_REJECTIONS
 from agent.reject_reports import RejectReports
 from cloud import envelope
 from cloud import messages as m

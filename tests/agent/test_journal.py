@@ -16,10 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.journal import FINAL_PHASES, MIGRATIONS, Journal, JournalError, Phase
+from agent.journal import Journal, JournalError, OrderRecord, Phase
+from agent.journal_schema import MIGRATIONS
+from agent.phases import FINAL_PHASES
 
 
-def _order(trans_no: str = "TR1", **over: Any) -> dict[str, Any]:
+def _order(trans_no: str = "TR1", **over: Any) -> OrderRecord:
     base: dict[str, Any] = {
         "trans_no": trans_no,
         "merchant_no": "M0001",
@@ -31,12 +33,12 @@ def _order(trans_no: str = "TR1", **over: Any) -> dict[str, Any]:
         "tip_amount": Decimal("1.00"),
         "description": "coffee",
         "pay_scenario": None,
-        "confirm": 0,
+        "confirm": False,
         "expires_at": 1,
         "queue_mode": "FIFO",
     }
     base.update(over)
-    return base
+    return OrderRecord(**base)
 
 
 @pytest.fixture
@@ -320,7 +322,7 @@ def test_deferred_sync_commit_survives_the_process_being_killed(tmp_path: Path) 
     script = (
         "import os, signal, sys\n"
         "from decimal import Decimal\n"
-        "from agent.journal import Journal\n"
+        "from agent.journal import Journal, OrderRecord\n"
         "j = Journal(sys.argv[1])\n"
         "with j.batch(deferred_sync=True):\n"
         f"    j.record_order('m1', {_order('TR1')!r})\n"

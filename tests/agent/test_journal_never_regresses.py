@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.journal import FINAL_PHASES, Journal, Phase, phase_verdict
+from agent.journal import Journal, Phase
+from agent.phases import FINAL_PHASES, phase_verdict
 from cloud import messages as m
 from cloud.status_rules import Verdict
 from tests.agent.simpeers import SimGateway, push_order, until
