@@ -60,6 +60,7 @@ from agent.bridge_protocol import (
     StateEvent,
     encode_line,
 )
+from agent.bridge_replies import ReplyData, to_data
 from agent.unix_path import unix_address
 
 __all__ = ["BridgeServer", "intent_client"]
@@ -161,7 +162,8 @@ class _Client:
     async def run_intent(self, intent: Intent) -> None:
         _intent_client.set(self.name)
         try:
-            data = await self.server._on_intent(intent)
+            answer = await self.server._on_intent(intent)
+            data = answer if isinstance(answer, dict) else to_data(answer)
         except Exception as exc:
             log.warning("bridge: intent %r failed: %s", intent, exc, exc_info=True)
             self.reply(intent.id, ok=False, error=str(exc) or type(exc).__name__)
@@ -202,7 +204,7 @@ class BridgeServer:
         path: str,
         *,
         hello: Callable[[], HelloEvent],
-        on_intent: Callable[[Intent], Awaitable[dict[str, Any]]],
+        on_intent: Callable[[Intent], Awaitable[ReplyData | dict[str, Any]]],
         on_disconnect: Callable[[str], None] | None = None,
         queue_size: int = DEFAULT_QUEUE,
         mode: int = 0o660,

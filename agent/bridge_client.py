@@ -60,6 +60,7 @@ from agent.bridge_protocol import (
     encode_line,
     intent_from_args,
 )
+from agent.bridge_replies import StatusReply, reply_data
 from agent.unix_path import unix_address
 
 __all__ = [
@@ -367,7 +368,7 @@ class BridgeClient:
             raise ConnectionLost(f"connection to the agent lost: {exc}") from exc
 
 
-async def query_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
+async def query_status(path: str, timeout: float = 5.0) -> StatusReply:
     """Ask a running agent for its status; return the reply's ``data``.
 
     One connection, no retry: read the hello, send ``status``, await the
@@ -403,4 +404,4 @@ async def query_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
         await _close_writer(writer)
     if not reply.ok:
         raise BridgeError(f"the agent refused status: {reply.error}")
-    return reply.data
+    return reply_data(reply, StatusReply)

@@ -50,7 +50,8 @@ stamps from one counter, so every connection sees it strictly increase:
 * ``queue``: ``{"type": "queue", "seq": n, "waiting": n}``
 * ``reply``: ``{"type": "reply", "seq": n, "id": str, "ok": bool, "data":
   {...}, "error": str | null}`` - the answer to one intent, sent to the
-  client that asked only. A line the agent could not decode is answered with
+  client that asked only; ``data`` is the intent's reply struct
+  (``agent.bridge_replies``). A line the agent could not decode is answered with
   ``ok: false, error: "bad line: ..."`` and the ``id`` found in it, if any
   (else ``""``).
 
@@ -83,6 +84,8 @@ __all__ = [
     "BridgeProtocolError",
     "CancelIntent",
     "CardInfo",
+    "CheckConnectionIntent",
+    "CheckReaderIntent",
     "ConfirmIntent",
     "ConnectionEvent",
     "ConnectionLost",
@@ -107,8 +110,6 @@ __all__ = [
     "StateEvent",
     "StatusIntent",
     "TerminalInfo",
-    "CheckConnectionIntent",
-    "CheckReaderIntent",
     "UnlockSetupIntent",
     "encode_line",
     "intent_from_args",
@@ -293,12 +294,10 @@ class ReloadIntent(_IntentBase, frozen=True, kw_only=True, tag="reload"):
 
 
 class CheckConnectionIntent(_IntentBase, frozen=True, kw_only=True, tag="test_connection"):
-    __test__ = False  # not a pytest test class, whatever its name says
+    pass
 
 
 class CheckReaderIntent(_IntentBase, frozen=True, kw_only=True, tag="test_reader"):
-    __test__ = False
-
     reader: str | None = None
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import tomllib
@@ -159,6 +158,8 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import msgspec
+
     from agent.bridge_client import query_status
     from agent.bridge_protocol import BridgeError
     from agent.config import ConfigError as AgentConfigError
@@ -172,19 +173,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"sadad-agent: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(data))
+        print(msgspec.json.encode(data).decode())
         return 0
-    print(f"terminal   {data['sn']}")
-    print(f"broker     {data['mqtt']} ({data['mqtt_reason']})")
-    print(f"gateway    {data['gateway']}")
-    print(f"screen     {data['screen']}")
-    readers = ", ".join(f"{k} {v}" for k, v in data["readers"].items()) or "none configured"
+    print(f"terminal   {data.sn}")
+    print(f"broker     {data.mqtt} ({data.mqtt_reason})")
+    print(f"gateway    {data.gateway}")
+    print(f"screen     {data.screen}")
+    readers = ", ".join(f"{k} {v}" for k, v in data.readers.items()) or "none configured"
     print(f"readers    {readers}")
-    cur = data.get("current")
-    print(
-        "current    " + (f"{cur['trans_no']} {cur['amount']} ({cur['state']})" if cur else "none")
-    )
-    print(f"queue      {len(data['queue'])} waiting")
+    cur = data.current
+    print("current    " + (f"{cur.trans_no} {cur.amount} ({cur.state})" if cur else "none"))
+    print(f"queue      {len(data.queue)} waiting")
     return 0
 
 

@@ -56,8 +56,7 @@ async def _agent_readers(cfg: AgentConfig) -> dict[str, str] | None:
         data = await query_status(str(cfg.ui.socket), timeout=3.0)
     except (BridgeError, TimeoutError, OSError):
         return None
-    readers = data.get("readers")
-    return dict(readers) if isinstance(readers, dict) else None
+    return dict(data.readers)
 
 
 async def run_doctor(path: str) -> int:

@@ -46,6 +46,7 @@ from typing import Literal
 from agent import bridge_protocol as bp
 from agent.arming import ReaderArming, ReaderPort
 from agent.backoff import Backoff
+from agent.bridge_replies import ActionReply
 from agent.checkout_screen import CheckoutScreen, ScreenSink, card_info, result_info
 from agent.clock import Clock, wall_ms
 from agent.durability import Durability
@@ -286,12 +287,12 @@ class Engine(Triggers):
             " (queued, terminal busy)" if busy else "",
         )
 
-    async def handle_intent(self, name: str) -> dict[str, bool | str]:
+    async def handle_intent(self, name: str) -> ActionReply:
         """A cashier intent from the UI bridge: confirm or cancel the current order."""
         if name not in ("confirm", "cancel"):
             raise ValueError(f"unknown intent {name}")
         if self.current is None:
-            return {"accepted": False, "reason": "no order on screen"}
+            return ActionReply(accepted=False, reason="no order on screen")
         if name == "cancel" and self.state in (State.AUTHORIZING, State.RESOLVING):
             # The worker is inside that state: act here. A payment that may have
             # left is reversed, never left to complete.
@@ -300,10 +301,10 @@ class Engine(Triggers):
             log.warning(
                 "cashier cancelled %s during authorization: reversing", self.current.tx.trans_no
             )
-            return {"accepted": True}
+            return ActionReply(accepted=True)
         action: Literal["confirm", "cancel"] = "confirm" if name == "confirm" else "cancel"
         self._inbox.put_nowait(CashierAction(action, self.current.tx.trans_no))
-        return {"accepted": True}
+        return ActionReply(accepted=True)
 
     def _enqueue(self, trans_no: str, mode: str, *, show: bool = True) -> None:
         self.waiting.add(trans_no, mode)

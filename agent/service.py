@@ -28,8 +28,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from agent import bridge_protocol as bp
 from agent.bridge import BridgeServer, intent_client
+from agent.bridge_replies import (
+    ActionReply,
+    ConnectionCheckReply,
+    CurrentOrder,
+    ReaderCheckReply,
+    ReloadReply,
+    ReplyData,
+    SetupModeReply,
+    StatusReply,
+)
 from agent.config import AgentConfig, ConfigError, load_config, trust_problems
 from agent.engine import Engine
 from agent.engine_settings import EngineSettings
@@ -409,13 +421,13 @@ class AgentService:
 
     # ------------------------------------------------------------ intents in
 
-    async def _intent(self, intent: bp.Intent) -> dict[str, Any]:
+    async def _intent(self, intent: bp.Intent) -> ReplyData:
         engine = self.engine
         assert engine is not None
         if isinstance(intent, bp.ConfirmIntent | bp.CancelIntent):
             name = "confirm" if isinstance(intent, bp.ConfirmIntent) else "cancel"
             if intent.trans_no and engine.current and engine.current.tx.trans_no != intent.trans_no:
-                return {"accepted": False, "reason": "that order is no longer on screen"}
+                return ActionReply(accepted=False, reason="that order is no longer on screen")
             return await engine.handle_intent(name)
         if isinstance(intent, bp.StatusIntent):
             return self.status()
@@ -427,25 +439,25 @@ class AgentService:
             if not self.health.setup:
                 setup.leave(intent_client())
             self._status_changed()
-            return {"setup": self.health.setup}
+            return SetupModeReply(setup=self.health.setup)
         if isinstance(intent, bp.UnlockSetupIntent):
             return await setup.unlock(self.cfg, intent_client() or "", intent.pin)
         # Everything below is setup: only for a connection the PIN unlocked.
         if not setup.unlocked(intent_client()):
-            return dict(SETUP_LOCKED)
+            return SETUP_LOCKED
         assert self.journal is not None
         self.journal.log_setup(type(intent).__name__.removesuffix("Intent"), "asked")
         if isinstance(intent, bp.ReadSetupIntent):
             return setup.read(self.cfg)
         if isinstance(intent, bp.SaveSetupIntent):
             saved = await setup.save(self.cfg, intent)
-            if not saved["ok"]:
+            if not saved.ok:
                 return saved
             ok, text = await self.reload()
-            return {"ok": True, "reloaded": ok, "reason": text, "warnings": saved["warnings"]}
+            return msgspec.structs.replace(saved, reloaded=ok, reason=text)
         if isinstance(intent, bp.ReloadIntent):
             ok, text = await self.reload()
-            return {"ok": ok, "reason": text}
+            return ReloadReply(ok=ok, reason=text)
         if isinstance(intent, bp.CheckConnectionIntent):
             ok, stage, reason = await test_connection(self.cfg.mqtt, self.cfg.terminal.sn, 10.0)
             gw_ok, gw_reason = (False, "not configured")
@@ -453,9 +465,9 @@ class AgentService:
                 gw_ok, gw_reason = await self.gateway.ping()
             if ok and not gw_ok:
                 ok, stage, reason = False, "gateway", gw_reason
-            return {"ok": ok, "stage": stage, "reason": reason, "gateway": gw_reason}
+            return ConnectionCheckReply(ok=ok, stage=stage, reason=reason, gateway=gw_reason)
         if isinstance(intent, bp.CheckReaderIntent):
-            return await self._test_reader(intent.reader)
+            return await self._check_reader(intent.reader)
         raise ValueError(f"unsupported intent {type(intent).__name__}")
 
     def _client_gone(self, client: str) -> None:
@@ -469,23 +481,23 @@ class AgentService:
             self.health.setup_client = None
             self._status_changed()
 
-    async def _test_reader(self, name: str | None) -> dict[str, Any]:
+    async def _check_reader(self, name: str | None) -> ReaderCheckReply:
         engine = self.engine
         assert engine is not None
         if engine.current is not None:
-            return {"ok": False, "reason": "a payment is in progress"}
+            return ReaderCheckReply(reason="a payment is in progress")
         readers = [r for r in self.readers if name in (None, r.name)]
         if not readers:
-            return {"ok": False, "reason": f"no reader named {name}"}
+            return ReaderCheckReply(reason=f"no reader named {name}")
         ctx = ArmContext(amount=Decimal("0.01"), currency_numeric=634, currency_exponent=2)
         reader = readers[0]
         try:
             await reader.arm(ctx)
             presented = await asyncio.wait_for(reader.next_presentation(), READER_TEST_SECONDS)
         except TimeoutError:
-            return {"ok": False, "reader": reader.name, "reason": "nothing presented"}
+            return ReaderCheckReply(reader=reader.name, reason="nothing presented")
         except ReaderError as exc:
-            return {"ok": False, "reader": reader.name, "reason": str(exc)}
+            return ReaderCheckReply(reader=reader.name, reason=str(exc))
         finally:
             with contextlib.suppress(ReaderError):
                 await reader.disarm()
@@ -493,26 +505,26 @@ class AgentService:
             shown = f"{presented.brand} {presented.masked_pan}"
         else:
             shown = f"{presented.wallet.value} {presented.masked}"
-        return {"ok": True, "reader": reader.name, "presented": shown}
+        return ReaderCheckReply(ok=True, reader=reader.name, presented=shown)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReply:
         engine = self.engine
         current = None
         if engine is not None and engine.current is not None:
             tx = engine.current.tx
-            current = {
-                "trans_no": tx.trans_no,
-                "merchant_order_no": tx.merchant_order_no,
-                "amount": f"{tx.trans_amount} {tx.currency}",
-                "state": engine.state.value,
-            }
-        return {
-            "sn": self.cfg.terminal.sn,
-            "mqtt": self.health.mqtt,
-            "mqtt_reason": self.health.mqtt_reason,
-            "gateway": self._connection_event().gateway,
-            "screen": self._screen_name().value,
-            "readers": {k: v.value for k, v in self.health.readers.items()},
-            "current": current,
-            "queue": list(engine.queue) if engine else [],
-        }
+            current = CurrentOrder(
+                trans_no=tx.trans_no,
+                merchant_order_no=tx.merchant_order_no,
+                amount=f"{tx.trans_amount} {tx.currency}",
+                state=engine.state.value,
+            )
+        return StatusReply(
+            sn=self.cfg.terminal.sn,
+            mqtt=self.health.mqtt,
+            mqtt_reason=self.health.mqtt_reason,
+            gateway=self._connection_event().gateway,
+            screen=self._screen_name().value,
+            readers={k: v.value for k, v in self.health.readers.items()},
+            current=current,
+            queue=tuple(engine.queue) if engine else (),
+        )

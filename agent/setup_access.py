@@ -21,9 +21,11 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from agent import bridge_protocol as bp
+from agent.bridge_replies import EcrHubFields, ReadSetupReply, Refused, SaveSetupReply, UnlockReply
 from agent.config import AgentConfig, ConfigError, technician_pin_hash
 from agent.journal import Journal
 from agent.technician import PIN, Lockout, PinHashError, verify_pin
@@ -31,7 +33,7 @@ from agent.technician import PIN, Lockout, PinHashError, verify_pin
 log = logging.getLogger(__name__)
 
 IDLE_S = 600.0  # an unlocked setup left alone locks again
-LOCKED = {"ok": False, "reason": "setup is locked: enter the technician PIN"}
+LOCKED = Refused(reason="setup is locked: enter the technician PIN")
 
 
 def _now_ms() -> int:
@@ -45,25 +47,24 @@ class SetupAccess:
 
     # ------------------------------------------------------------ the PIN
 
-    async def unlock(self, cfg: AgentConfig, client: str, pin: str) -> dict[str, Any]:
+    async def unlock(self, cfg: AgentConfig, client: str, pin: str) -> UnlockReply:
         now = _now_ms()
         lock = Lockout(*self.journal.lockout())
         waiting = lock.seconds_locked(now)
         if waiting:
             self.journal.log_setup("unlock", f"refused: locked for {waiting} s")
-            return {"ok": False, "reason": "locked", "locked_for": waiting}
+            return UnlockReply(reason="locked", locked_for=waiting)
         try:
             hashed = technician_pin_hash(cfg)
         except ConfigError as exc:
             self.journal.log_setup("unlock", "refused: the PIN file is not usable")
-            return {"ok": False, "reason": f"no usable technician PIN: {exc}"}
+            return UnlockReply(reason=f"no usable technician PIN: {exc}")
         if hashed is None:
             self.journal.log_setup("unlock", "refused: no PIN configured")
-            return {
-                "ok": False,
-                "reason": "no technician PIN configured: sadad-agent pin set, "
-                "then terminal.technician_pin_file",
-            }
+            return UnlockReply(
+                reason="no technician PIN configured: sadad-agent pin set, "
+                "then terminal.technician_pin_file"
+            )
         try:  # scrypt: ~50 ms of CPU, off the loop
             correct = bool(PIN.fullmatch(pin)) and await asyncio.to_thread(verify_pin, pin, hashed)
         except PinHashError:
@@ -74,17 +75,16 @@ class SetupAccess:
             self._unlocked[client] = time.monotonic()
             self.journal.log_setup("unlock", "ok")
             log.info("setup unlocked")
-            return {"ok": True}
+            return UnlockReply(ok=True)
         waiting = lock.seconds_locked(now)
         locked = f"; locked for {waiting} s" if waiting else ""
         self.journal.log_setup("unlock", "wrong PIN" + locked)
         log.warning("wrong technician PIN%s", f": setup locked for {waiting} s" if waiting else "")
-        return {
-            "ok": False,
-            "reason": "locked" if waiting else "wrong",
-            "locked_for": waiting,
-            "attempts_left": lock.attempts_left(),
-        }
+        return UnlockReply(
+            reason="locked" if waiting else "wrong",
+            locked_for=waiting,
+            attempts_left=lock.attempts_left(),
+        )
 
     def unlocked(self, client: str | None) -> bool:
         """Whether ``client`` may act in setup now (and note that it does)."""
@@ -103,7 +103,7 @@ class SetupAccess:
 
     # ------------------------------------------------------------ the settings
 
-    def read(self, cfg: AgentConfig) -> dict[str, Any]:
+    def read(self, cfg: AgentConfig) -> ReadSetupReply:
         # tomlkit and tempfile only when setup is used: not kept in the daemon's memory.
         from agent.config_edit import read_settings
 
@@ -112,10 +112,11 @@ class SetupAccess:
             text = Path(cfg.source).read_text("utf-8")
             settings = read_settings(text, file=Path(cfg.source).name)
         except (OSError, ConfigError) as exc:
-            return {"ok": False, "reason": f"the config does not load: {exc}"}
-        return {"ok": True, "settings": dataclasses.asdict(settings)}
+            return ReadSetupReply(reason=f"the config does not load: {exc}")
+        fields = msgspec.convert(dataclasses.asdict(settings), EcrHubFields)
+        return ReadSetupReply(ok=True, settings=fields)
 
-    async def save(self, cfg: AgentConfig, intent: bp.SaveSetupIntent) -> dict[str, Any]:
+    async def save(self, cfg: AgentConfig, intent: bp.SaveSetupIntent) -> SaveSetupReply:
         """Check and write the settings. Returns ``ok`` (written) and, when it
         was not, the problems, one per line."""
         from agent.config_edit import EcrHubSettings, missing_tls_files, save_settings
@@ -134,6 +135,6 @@ class SetupAccess:
             saved = await asyncio.to_thread(save_settings, Path(cfg.source), settings)
         except ConfigError as exc:
             self.journal.log_setup("save", "refused: " + str(exc).splitlines()[0][:200])
-            return {"ok": False, "reason": str(exc)}
+            return SaveSetupReply(reason=str(exc))
         self.journal.log_setup("save", "written")
-        return {"ok": True, "warnings": missing_tls_files(saved)}
+        return SaveSetupReply(ok=True, warnings=tuple(missing_tls_files(saved)))

@@ -31,6 +31,7 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
+from agent.bridge_replies import ActionReply, reply_data
 from ui.messages import AgentMessage, CashierIntent, OpenSetup, to_message
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.setup import SetupScreen
@@ -165,8 +166,10 @@ class CheckoutApp(App[None], inherit_bindings=False):
             return
         if not reply.ok:
             self.notify(f"{name.capitalize()} failed: {reply.error}", severity="error")
-        elif reply.data.get("accepted") is False:
-            reason = reply.data.get("reason") or "refused"
+            return
+        answer = reply_data(reply, ActionReply)
+        if not answer.accepted:
+            reason = answer.reason or "refused"
             self.notify(f"{name.capitalize()} refused: {reason}", severity="warning")
 
     # ------------------------------------------------------------ setup

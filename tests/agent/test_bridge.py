@@ -19,6 +19,7 @@ from agent.bridge import MAX_PENDING_INTENTS, BridgeServer
 from agent.bridge_client import BridgeClient
 from agent.bridge_protocol import (
     BridgeError,
+    CheckConnectionIntent,
     ConfirmIntent,
     ConnectionEvent,
     Event,
@@ -33,7 +34,6 @@ from agent.bridge_protocol import (
     StateEvent,
     StatusIntent,
     TerminalInfo,
-    CheckConnectionIntent,
     encode_line,
 )
 

@@ -28,6 +28,7 @@ from agent.bridge_protocol import (
     StatusIntent,
     TerminalInfo,
 )
+from agent.bridge_replies import StatusReply
 
 
 class SimAgent:
@@ -247,7 +248,9 @@ async def test_close_ends_events(agent: SimAgent, client: BridgeClient) -> None:
 
 
 async def test_query_status(agent: SimAgent, sock_path: str) -> None:
-    assert await query_status(sock_path, timeout=5) == {"sn": "SN-1", "intent": "StatusIntent"}
+    status = await query_status(sock_path, timeout=5)
+    assert status == StatusReply(sn="SN-1")
+    assert [type(i) for i in agent.intents] == [StatusIntent]
 
 
 async def test_query_status_missing_socket(sock_path: str) -> None:
@@ -265,7 +268,7 @@ async def test_a_socket_under_a_long_directory_is_reached(tmp_path: Path) -> Non
     sim = SimAgent(path)
     await sim.server.start()
     try:
-        assert await query_status(path, timeout=5) == {"sn": "SN-1", "intent": "StatusIntent"}
+        assert await query_status(path, timeout=5) == StatusReply(sn="SN-1")
     finally:
         await sim.server.close()
 

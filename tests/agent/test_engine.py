@@ -311,7 +311,7 @@ async def test_queue_fifo_and_filo_with_busy_event(rig: Rig) -> None:
 async def test_cashier_cancel_cancels_at_gateway(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR4"))
     await until(lambda: rig.nfc.armed is not None)
-    assert (await rig.engine.handle_intent("cancel"))["accepted"]
+    assert (await rig.engine.handle_intent("cancel")).accepted
     await until(lambda: "cancelled" in rig.sink.kinds("TR4"))
     assert rig.phase("TR4") is Phase.CANCELLED
     await until(lambda: rig.gateway.status.get("TR4") is m.TransStatus.CANCELLED)
@@ -326,7 +326,7 @@ async def test_cancel_reaches_gateway_while_link_is_down(tmp_path: Path) -> None
         r.sink.up = False
         await r.engine.handle_push(push_order("TR9"))
         await until(lambda: r.nfc.armed is not None)
-        assert (await r.engine.handle_intent("cancel"))["accepted"]
+        assert (await r.engine.handle_intent("cancel")).accepted
         await until(lambda: r.gateway.status.get("TR9") is m.TransStatus.CANCELLED)
         assert r.sink.kinds("TR9") == []
         r.sink.up = True

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent import faults
+from agent.bridge_replies import ActionReply
 from agent.engine import Engine
 from agent.inbox import OfferNext
 from agent.journal import Journal, Phase
@@ -135,7 +136,7 @@ async def test_the_cashier_can_cancel_while_the_payment_is_out(tmp_path: Path) -
         await until(lambda: rig.nfc.armed is not None)
         rig.nfc.present(VISA)
         await until(lambda: rig.engine.state is State.AUTHORIZING)
-        assert await rig.engine.handle_intent("cancel") == {"accepted": True}
+        assert await rig.engine.handle_intent("cancel") == ActionReply(accepted=True)
         assert await _final(rig, "TR1", timeout=5) is Phase.CANCELLED
         assert m.Method.TRANS_REVERSE in gateway.calls  # reversed, not left to complete
         assert gateway.status["TR1"] is m.TransStatus.CANCELLED

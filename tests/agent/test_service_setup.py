@@ -22,6 +22,7 @@ from agent.bridge_protocol import (
     UnlockSetupIntent,
     encode_line,
 )
+from agent.bridge_replies import UnlockReply, reply_data
 from agent.config import AgentConfig, GatewayConfig, MqttConfig, TerminalConfig, UiConfig
 from agent.engine import Engine
 from agent.engine_settings import EngineSettings
@@ -89,7 +90,7 @@ async def service(tmp_path: Path) -> AsyncIterator[AgentService]:
 
 async def wait_for_screen(svc: AgentService, screen: str) -> None:
     async with asyncio.timeout(5):
-        while svc.status()["screen"] != screen:  # noqa: ASYNC110 - the agent's state
+        while svc.status().screen != screen:  # noqa: ASYNC110 - the agent's state
             await asyncio.sleep(0.01)
 
 
@@ -98,11 +99,11 @@ async def test_a_ui_killed_in_setup_takes_setup_with_it(service: AgentService) -
     watcher = await Ui.open(socket)  # another client (a second screen) stays
     tech = await Ui.open(socket)
     assert (await tech.ask(EnterSetupIntent(id="e-1"))).data == {"setup": True}
-    assert service.status()["screen"] == "SETUP"
+    assert service.status().screen == "SETUP"
 
     watcher.kill()  # not the one in setup: nothing changes
     await asyncio.sleep(0.05)
-    assert service.status()["screen"] == "SETUP"
+    assert service.status().screen == "SETUP"
 
     tech.kill()  # killed in setup: no leave_setup comes
     await wait_for_screen(service, "IDLE")
@@ -112,12 +113,12 @@ async def test_leave_setup_then_hanging_up_is_plain(service: AgentService) -> No
     tech = await Ui.open(service.cfg.ui.socket)
     await tech.ask(EnterSetupIntent(id="e-1"))
     assert (await tech.ask(LeaveSetupIntent(id="l-1"))).data == {"setup": False}
-    assert service.status()["screen"] == "IDLE"
+    assert service.status().screen == "IDLE"
     other = await Ui.open(service.cfg.ui.socket)
     await other.ask(EnterSetupIntent(id="e-2"))  # a new UI's setup is its own
     tech.kill()
     await asyncio.sleep(0.05)
-    assert service.status()["screen"] == "SETUP"
+    assert service.status().screen == "SETUP"
     other.kill()
     await wait_for_screen(service, "IDLE")
 
@@ -181,16 +182,16 @@ async def test_the_pin_is_checked_by_the_agent_and_its_lockout_is_durable(
 
     # Another agent process on the same journal (a restart): still locked.
     again = SetupAccess(Journal(tmp_path / "journal.db"))
-    assert (await again.unlock(pinned.cfg, "ui-2", PIN))["reason"] == "locked"
+    assert (await again.unlock(pinned.cfg, "ui-2", PIN)).reason == "locked"
     assert again.journal.lockout()[:2] == (0, 1)
     again.journal.set_lockout(0, 1, 0)  # the minute passed
-    assert (await again.unlock(pinned.cfg, "ui-2", "111111"))["attempts_left"] == 4
+    assert (await again.unlock(pinned.cfg, "ui-2", "111111")).attempts_left == 4
     for _ in range(4):
         await again.unlock(pinned.cfg, "ui-2", "111111")
     assert again.journal.lockout()[1] == 2  # the second lockout: twice as long
     assert again.journal.lockout()[2] - time.time() * 1000 > 119_000
     again.journal.set_lockout(0, 2, 0)
-    assert await again.unlock(pinned.cfg, "ui-2", PIN) == {"ok": True}
+    assert (await again.unlock(pinned.cfg, "ui-2", PIN)).ok
     assert again.journal.lockout() == (0, 0, 0)  # a correct PIN clears it all
     log = again.journal.setup_log(limit=50)
     assert {a for _t, a, _o in log} == {"unlock", "ReadSetup"} or {"unlock"} <= {
@@ -202,7 +203,7 @@ async def test_the_pin_is_checked_by_the_agent_and_its_lockout_is_durable(
     # A fresh connection to the running agent needs the PIN again.
     ui = await Ui.open(pinned.cfg.ui.socket)
     assert (await ui.ask(ReadSetupIntent(id="r-1"))).data == locked
-    assert (await ui.ask(UnlockSetupIntent(id="u-9", pin=PIN))).data == {"ok": True}
+    assert reply_data(await ui.ask(UnlockSetupIntent(id="u-9", pin=PIN)), UnlockReply).ok
     read = (await ui.ask(ReadSetupIntent(id="r-2"))).data
     assert read["ok"]
     assert read["settings"]["terminal_sn"] == SN

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.bridge_replies import ActionReply, reply_data
 from cloud.messages import TransStatus, TransType
 from tests.integration.agent_rig import Terminal, running_terminal
 from tests.integration.conftest import NotifyReceiver, SandboxHandle, wait_until
@@ -114,7 +115,7 @@ def test_cashier_cancel(term: Terminal) -> None:
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
     reply = term.screens.request("cancel", trans_no=order.trans_no)
     assert reply.ok
-    assert reply.data == {"accepted": True}
+    assert reply_data(reply, ActionReply).accepted
     done = term.settled(order)
     assert done.phase == "CANCELLED"
     assert done.info.trans_status is TransStatus.CANCELLED

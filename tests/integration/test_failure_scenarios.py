@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from agent.bridge_replies import ActionReply, reply_data
 from cloud import wirejson
 from cloud.config import load_config
 from cloud.errors import (
@@ -406,7 +407,8 @@ def test_customer_cancel(term: Terminal) -> None:
     ``cancel`` intent): the POS sees cancelled (3) and can no longer close it."""
     order = term.push("14.00")
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
-    assert term.screens.request("cancel", trans_no=order.trans_no).data == {"accepted": True}
+    cancelled = term.screens.request("cancel", trans_no=order.trans_no)
+    assert reply_data(cancelled, ActionReply).accepted
     final = term.pos.wait_for_final(order.merchant_order_no, deadline_s=WAIT_S)
     assert final.trans_status is TransStatus.CANCELLED
     with pytest.raises(CloudRejected) as refused:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.bridge_replies import ActionReply, reply_data
 from sandbox.broker import NatsCluster
 from tests.integration.agent_rig import Order, Terminal
 from tests.integration.conftest import (
@@ -152,7 +153,7 @@ def test_broker_restart(term: Terminal, fleet: SandboxHandle) -> None:
 def test_cashier_cancel(term: Terminal) -> None:
     order = term.push("9.20")
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no, timeout=FAILOVER_S)
-    assert term.screens.request("cancel").data == {"accepted": True}
+    assert reply_data(term.screens.request("cancel"), ActionReply).accepted
     assert term.settled(order).phase == "CANCELLED"
     term.assert_all_settled()
 

@@ -83,7 +83,7 @@ def test_the_lockout_survives_the_ui_and_the_agent(term: Terminal) -> None:
         db.execute("UPDATE technician SET locked_until_ms = 0")
         log = db.execute("SELECT at_ms, action, outcome FROM setup_log ORDER BY id").fetchall()
     term.start_agent(watch=False)
-    assert unlock(term, PIN) == {"ok": True}
+    assert unlock(term, PIN)["ok"] is True
 
     assert len([row for row in log if row[1] == "unlock"]) == 11
     assert all(row[0] > 1_700_000_000_000 for row in log)  # each with its time

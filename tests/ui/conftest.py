@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent import bridge_protocol as bp
 from agent.bridge import BridgeServer, intent_client
 from agent.bridge_client import BridgeClient
+from agent.bridge_replies import Refused, ReplyData, SetupModeReply
 from agent.config import ConfigError, load_config
 from agent.journal import Journal
 from agent.setup_access import LOCKED as SETUP_LOCKED
@@ -65,7 +67,7 @@ class ScriptedAgent:
             snapshot=self.server.snapshot(),
         )
 
-    async def on_intent(self, intent: bp.Intent) -> dict[str, Any]:
+    async def on_intent(self, intent: bp.Intent) -> ReplyData | dict[str, Any]:
         self.intents.append(intent)
         name = str(type(intent).__struct_config__.tag)
         reply = self.replies.get(name)
@@ -77,30 +79,30 @@ class ScriptedAgent:
             raise reply
         return reply(intent) if callable(reply) else reply
 
-    async def _setup(self, intent: bp.Intent) -> dict[str, Any]:
+    async def _setup(self, intent: bp.Intent) -> ReplyData:
         """Setup as the real agent does it (``agent.setup_access``, a real
         journal), for the agent.toml beside the socket."""
         client = intent_client() or ""
         try:
             cfg = load_config(self.path.with_name("agent.toml"))
         except ConfigError as exc:
-            return {"ok": False, "reason": f"the config does not load: {exc}"}
+            return Refused(reason=f"the config does not load: {exc}")
         if isinstance(intent, bp.UnlockSetupIntent):
             return await self.setup.unlock(cfg, client, intent.pin)
         if isinstance(intent, bp.LeaveSetupIntent):
             self.setup.leave(client)
-            return {"setup": False}
+            return SetupModeReply(setup=False)
         if not self.setup.unlocked(client):
-            return dict(SETUP_LOCKED)
+            return SETUP_LOCKED
         if isinstance(intent, bp.ReadSetupIntent):
             return self.setup.read(cfg)
         assert isinstance(intent, bp.SaveSetupIntent)
         saved = await self.setup.save(cfg, intent)
-        if not saved["ok"]:
+        if not saved.ok:
             return saved
         reload = self.replies.get("reload", {"ok": True, "reason": "reloaded"})
         assert isinstance(reload, dict)
-        return {**saved, "reloaded": reload["ok"], "reason": reload["reason"]}
+        return msgspec.structs.replace(saved, reloaded=reload["ok"], reason=reload["reason"])
 
     def names(self) -> list[str]:
         return [str(type(i).__struct_config__.tag) for i in self.intents]

@@ -7,6 +7,7 @@ from pathlib import Path
 from textual.widgets import Input, TextArea
 
 from agent import bridge_protocol as bp
+from agent.bridge_replies import UnlockReply, reply_data
 from agent.config import load_config
 from cloud.messages import Screen
 from tests.ui.conftest import ORDER, PIN, ScriptedAgent, make_app, screen_text, until, write_config
@@ -148,7 +149,8 @@ async def test_setup_actions_need_the_pin_at_the_agent(agent: ScriptedAgent) -> 
                 "ok": False,
                 "reason": "setup is locked: enter the technician PIN",
             }
-        assert (await client.request("unlock_setup", timeout=5, pin=PIN)).data == {"ok": True}
+        unlocked = await client.request("unlock_setup", timeout=5, pin=PIN)
+        assert reply_data(unlocked, UnlockReply).ok
         assert (await client.request("read_setup", timeout=5)).data["ok"]
     finally:
         await client.close()

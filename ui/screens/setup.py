@@ -37,6 +37,15 @@ from textual.widgets import Button, ContentSwitcher, Footer, Static
 
 from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
+from agent.bridge_replies import (
+    ConnectionCheckReply,
+    EcrHubFields,
+    ReaderCheckReply,
+    ReadSetupReply,
+    SaveSetupReply,
+    UnlockReply,
+    reply_data,
+)
 from agent.config import ConfigError
 from agent.config_edit import EcrHubSettings
 from ui.view import mask_digits
@@ -49,12 +58,17 @@ UNLOCK_TIMEOUT = 10.0
 AGENT_DOWN = "Setup needs the agent, which is not running."
 
 
-def _settings(data: Any) -> EcrHubSettings:
+def _settings(fields: EcrHubFields) -> EcrHubSettings:
     """The agent's ``read_setup`` answer as the form's settings."""
-    fields = dict(data) if isinstance(data, dict) else {}
-    readers = fields.pop("readers", ()) or ()
-    known = {k: str(v) for k, v in fields.items() if k in EcrHubSettings.__dataclass_fields__}
-    return EcrHubSettings(**known, readers=tuple((str(n), str(v)) for n, v in readers))
+    return EcrHubSettings(
+        broker_url=fields.broker_url,
+        terminal_sn=fields.terminal_sn,
+        ca_file=fields.ca_file,
+        cert_file=fields.cert_file,
+        key_file=fields.key_file,
+        gateway_url=fields.gateway_url,
+        readers=fields.readers,
+    )
 
 
 class SetupScreen(ModalScreen[None]):
@@ -114,31 +128,30 @@ class SetupScreen(ModalScreen[None]):
         except bp.BridgeError as exc:
             prompt.wrong(f"The PIN could not be checked: {exc}")
             return
-        data = reply.data
-        if reply.ok and data.get("ok"):
+        data = reply_data(reply, UnlockReply)
+        if reply.ok and data.ok:
             await self.unlock()
             return
-        why = reply.error or str(data.get("reason") or "refused")
+        why = reply.error or data.reason or "refused"
         if why == "locked":
-            prompt.wrong(f"Too many wrong PINs: try again in {data.get('locked_for', 0)} s.")
+            prompt.wrong(f"Too many wrong PINs: try again in {data.locked_for} s.")
         elif why == "wrong":
-            left = data.get("attempts_left")
-            prompt.wrong(f"Wrong PIN: setup stays locked. {left} tries left.")
+            prompt.wrong(f"Wrong PIN: setup stays locked. {data.attempts_left} tries left.")
         else:
             prompt.locked(f"Setup stays locked: {why}")
 
     async def unlock(self) -> None:
         try:
             reply = await self._request("read_setup", UNLOCK_TIMEOUT)
-            data = reply.data
+            data = reply_data(reply, ReadSetupReply)
         except bp.BridgeError as exc:
-            reply, data = None, {"ok": False, "reason": str(exc)}
+            reply, data = None, ReadSetupReply(reason=str(exc))
         self.unlocked = True
-        if reply is not None and reply.ok and data.get("ok"):
-            self.loaded = _settings(data.get("settings"))
+        if reply is not None and reply.ok and data.ok and data.settings is not None:
+            self.loaded = _settings(data.settings)
         else:
             self.loaded = EcrHubSettings()
-            reason = (reply.error if reply is not None else None) or data.get("reason")
+            reason = (reply.error if reply is not None else None) or data.reason
             self._result("save-result", f"The settings could not be read:\n{reason}", ok=False)
         form = self.query_one(EcrHubForm)
         form.load(self.loaded)
@@ -210,14 +223,14 @@ class SetupScreen(ModalScreen[None]):
         except bp.BridgeError as exc:
             self._result(widget, f"Connection failed: agent: {exc}", ok=False)
             return
-        data = reply.data
+        data = reply_data(reply, ConnectionCheckReply)
         if not reply.ok:
             self._result(widget, f"Connection failed: agent: {reply.error}", ok=False)
-        elif data.get("ok"):
+        elif data.ok:
             self._result(widget, f"Connected{note}", ok=True)
         else:
-            stage = mask_digits(str(data.get("stage") or "unknown"))
-            reason = mask_digits(str(data.get("reason") or "no reason given"))
+            stage = mask_digits(data.stage or "unknown")
+            reason = mask_digits(data.reason or "no reason given")
             self._result(widget, f"Connection failed: {stage}: {reason}{note}", ok=False)
 
     @work(exclusive=True, group="setup-test-reader")
@@ -232,13 +245,13 @@ class SetupScreen(ModalScreen[None]):
         if not reply.ok:
             self._result(widget, f"Reader test failed: agent: {reply.error}", ok=False)
             return
-        data = reply.data
-        name = str(data.get("reader") or "reader")
-        if data.get("ok"):
-            shown = mask_digits(str(data.get("presented") or "read"))
+        data = reply_data(reply, ReaderCheckReply)
+        name = data.reader or "reader"
+        if data.ok:
+            shown = mask_digits(data.presented or "read")
             self._result(widget, f"Reader {name}: OK - {shown}", ok=True)
         else:
-            reason = mask_digits(str(data.get("reason") or "failed"))
+            reason = mask_digits(data.reason or "failed")
             self._result(widget, f"Reader {name}: failed - {reason}", ok=False)
 
     @work(exclusive=True, group="setup-save")
@@ -267,17 +280,17 @@ class SetupScreen(ModalScreen[None]):
         except bp.BridgeError as exc:
             self._result(widget, f"Not saved: {exc}", ok=False)
             return
-        data = reply.data
-        if not reply.ok or not data.get("ok"):
-            reason = reply.error or str(data.get("reason") or "refused")
+        data = reply_data(reply, SaveSetupReply)
+        if not reply.ok or not data.ok:
+            reason = reply.error or data.reason or "refused"
             self._result(widget, "Not saved:\n" + reason, ok=False)
             return
         self.loaded = settings
-        warnings = "".join(f"\nwarning: {w}" for w in data.get("warnings") or ())
-        if data.get("reloaded"):
+        warnings = "".join(f"\nwarning: {w}" for w in data.warnings)
+        if data.reloaded:
             self._result(widget, f"Saved. The agent reloaded the configuration.{warnings}", ok=True)
         else:
-            reason = data.get("reason") or "refused"
+            reason = data.reason or "refused"
             self._result(
                 widget, f"Saved, but the agent did not reload: {reason}{warnings}", ok=False
             )
