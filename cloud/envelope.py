@@ -38,7 +38,6 @@ from cloud.signing import PrivateKeyLike, PublicKeyLike, sign, verify
 
 T = TypeVar("T", bound=msgspec.Struct)
 
-SYSTEM_FIELDS = ("app_id", "method", "format", "charset", "sign_type", "version", "timestamp")
 ENTRY_PATH = "/api/entry"
 CASHIER_PATH = "/api/cashier/entry"
 

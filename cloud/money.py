@@ -7,7 +7,7 @@ has (QAR 2, KWD 3, JPY 0); never binary floating point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from cloud.errors import ContractError
 
@@ -69,21 +69,6 @@ def check_amount(
     if amount >= Decimal("1e12"):
         raise ContractError("amount is too large", f"$.{field}")
     return amount
-
-
-def parse_amount(text: str, currency_code: str) -> Decimal:
-    """Parse a human-typed amount such as ``12.50``. Raises ContractError."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise ContractError(f"{text!r} is not an amount") from None
-    return check_amount(value, currency_code)
-
-
-def to_minor(amount: Decimal, currency_code: str) -> int:
-    """Amount in minor units (EMV 9F02, acquirer messages)."""
-    cur = currency(currency_code)
-    return int(amount.scaleb(cur.exponent).to_integral_value())
 
 
 def fmt(amount: Decimal, currency_code: str) -> str:
