@@ -106,6 +106,12 @@ class CardRead:
     service_code: str | None = None
     emv_tlv: bytes = b""  # TLV for the online message (contactless only)
     cardholder_name: str | None = None
+    # The application paid with (chip-contactless only), for the receipt: its
+    # AID in hex (EMV Book 1 §12.2.1: RID + PIX, 5-16 bytes) and its label
+    # (tag 50, 1-16 characters). Public identifiers of the card's scheme
+    # application, not cardholder data.
+    aid: str | None = None
+    app_label: str | None = None
 
     @property
     def masked_pan(self) -> str:

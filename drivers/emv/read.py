@@ -391,6 +391,7 @@ def _card_read(session: _Read, cand: Candidate) -> CardRead:
         raise CardDataError("card gave no expiry date")
     pan_seq = card[0x5F34].hex().upper() if card.get(0x5F34) else None
     name = card.get(0x5F20, b"").decode("ascii", "replace").strip() or None
+    label = "".join(c for c in card.get(0x50, b"").decode("ascii", "replace") if c.isprintable())
     return CardRead(
         entry_mode=EntryMode.CONTACTLESS,
         pan=pan,
@@ -401,6 +402,8 @@ def _card_read(session: _Read, cand: Candidate) -> CardRead:
         service_code=service_code,
         emv_tlv=session.online_tlv(),
         cardholder_name=name,
+        aid=(card.get(0x84) or cand.aid).hex().upper(),
+        app_label=label.strip()[:16] or None,
     )
 
 

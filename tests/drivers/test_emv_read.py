@@ -109,6 +109,8 @@ async def test_visa_qvsdc_cryptogram_from_gpo() -> None:
     assert data[0x84] == h("A0000000031010")
     for private in (0x5A, 0x57, 0x5F20, 0x5F24):
         assert private not in data
+    # What the receipt prints of the application: its AID and label.
+    assert (result.aid, result.app_label) == ("A0000000031010", "VISA CREDIT")
 
 
 @pytest.mark.parametrize("ac_format", [1, 2])
