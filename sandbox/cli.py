@@ -1,8 +1,9 @@
 """``sadad-sandbox``: the local SadadSystem + SadadTMS (docs/protocol.md parts A-D).
 
-``sadad-sandbox serve --data DIR [--host 127.0.0.1] [--port N] [--mqtt URL |
---start-broker] [--time-scale F] [--hang-seconds S] [--simulated-terminal SN ...]
-[--background]`` prepares DIR (keys,
+``sadad-sandbox serve --data DIR [--host 127.0.0.1] [--port N] [--mqtt URL
+[--mqtt-username NAME --mqtt-password-file PATH] | --start-broker
+[--anonymous-broker]] [--time-scale F] [--hang-seconds S] [--simulated-terminal
+SN ...] [--background]`` prepares DIR (keys,
 merchant ``M0001`` with POS app ``pos-sandbox``, ``DIR/pos.toml``), binds the
 HTTP port, starts the app under uvicorn on one asyncio loop and then prints
 exactly one JSON line to stdout::
@@ -19,12 +20,20 @@ ready (the JSON line printed), leaving it running with its log in
 ``DIR/sandbox.log``; ``sadad-sandbox stop --data DIR`` stops it.
 ``--port 0`` picks a free port; without ``--port`` the last serve's port is
 reused when free. Without ``--mqtt`` it starts its own Mosquitto
-(``--start-broker``), on the last serve's broker port when free.
+(``--start-broker``), on the last serve's broker port when free, secure
+(``sandbox.broker``: no anonymous clients; each terminal its own user and
+topics, every provisioned terminal registered at start; the TMS logs in as
+``sadad-tms`` with the password in ``DIR/mosquitto/tms.password``);
+``--anonymous-broker`` starts it open to anyone instead. With ``--mqtt URL``
+the TMS logs in as ``--mqtt-username`` with the password in
+``--mqtt-password-file`` when given, and anonymously otherwise.
 
 ``sadad-sandbox provision --data DIR --terminal SN [--reader NAME=SPEC ...]
-[--store-name TEXT]`` registers a terminal and writes
-``DIR/terminals/SN/agent.toml``; it prints one JSON line
-``{"terminal": SN, "agent_config": PATH}``.
+[--store-name TEXT]`` registers a terminal, gives it broker credentials
+(registered with the sandbox's own broker, which reloads if it runs) and
+writes ``DIR/terminals/SN/agent.toml``; it prints one JSON line
+``{"terminal": SN, "agent_config": PATH, "mqtt_username": SN,
+"mqtt_password_file": PATH}``.
 
 ``sadad-sandbox fault --data DIR --terminal SN [FAULT ...] [--seconds S]
 [--clear]`` switches forced failures (``sandbox.faults``) on for every order
@@ -55,10 +64,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sandbox.broker import BrokerError, MosquittoBroker, port_is_free
+from sandbox.broker import BrokerError, Credentials, MosquittoBroker, port_is_free
 from sandbox.faults import DEFAULT_LATE_S, Fault, FaultTable, parse
 from sandbox.keys import DEFAULT_STORE_NAME, Layout
 from sandbox.provision import (
+    MQTT_LOGIN_FILE,
     STATE_BROKER_PORT,
     STATE_HTTP_PORT,
     STATE_HTTP_URL,
@@ -106,6 +116,23 @@ def _parser() -> argparse.ArgumentParser:
         "--start-broker",
         action="store_true",
         help="start a Mosquitto under DIR/mosquitto (the default without --mqtt)",
+    )
+    serve.add_argument(
+        "--anonymous-broker",
+        action="store_true",
+        help="the Mosquitto it starts lets anyone connect and use any topic "
+        "(default: a user per terminal, limited to its own topics)",
+    )
+    serve.add_argument(
+        "--mqtt-username",
+        metavar="NAME",
+        help="with --mqtt: the TMS's user on that broker (default: anonymous)",
+    )
+    serve.add_argument(
+        "--mqtt-password-file",
+        metavar="PATH",
+        type=Path,
+        help="with --mqtt-username: a file holding the TMS's password",
     )
     serve.add_argument(
         "--time-scale",
@@ -270,7 +297,13 @@ def _provision(args: argparse.Namespace) -> int:
     except ProvisionError as exc:
         print(f"sadad-sandbox provision: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"terminal": done.sn, "agent_config": str(done.agent_config)}), flush=True)
+    out = {
+        "terminal": done.sn,
+        "agent_config": str(done.agent_config),
+        "mqtt_username": done.mqtt_username,
+        "mqtt_password_file": str(done.mqtt_password_file),
+    }
+    print(json.dumps(out), flush=True)
     return 0
 
 
@@ -320,6 +353,34 @@ def _bind(host: str, port: int | None, last: str | None) -> socket.socket:
     return sock
 
 
+def _outside_login(args: argparse.Namespace) -> Credentials | None:
+    """The TMS's login on an outside broker (``--mqtt-username``,
+    ``--mqtt-password-file``), or None. Raises ValueError."""
+    if args.mqtt_username is None:
+        if args.mqtt_password_file is not None:
+            raise ValueError("--mqtt-password-file needs --mqtt-username")
+        return None
+    if args.mqtt_password_file is None:
+        raise ValueError("--mqtt-username needs --mqtt-password-file")
+    try:
+        password = Path(args.mqtt_password_file).read_text("utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"--mqtt-password-file {args.mqtt_password_file}: {exc}") from exc
+    if not password:
+        raise ValueError(f"--mqtt-password-file {args.mqtt_password_file} is empty")
+    return Credentials(args.mqtt_username, password)
+
+
+def _register_terminals(layout: Layout, broker: MosquittoBroker) -> None:
+    """Every provisioned terminal's credentials into the broker's password file
+    before it starts: a terminal provisioned while the sandbox used another
+    broker (or before its first serve) logs in all the same. Raises BrokerError."""
+    for password_file in sorted(layout.root.glob(f"terminals/*/{MQTT_LOGIN_FILE}")):
+        password = password_file.read_text("utf-8").strip()
+        if password:
+            broker.add_user(password_file.parent.name, password)
+
+
 @dataclass
 class _Stop:
     """What the signal handlers set: stop asked for, and the server to tell."""
@@ -361,10 +422,26 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
     broker: MosquittoBroker | None = None
     sock: socket.socket | None = None
     terminals: list[SimulatedTerminal] = []
+    login: Credentials | None = None
     try:
+        if args.mqtt and args.anonymous_broker:
+            print(
+                "sadad-sandbox serve: --anonymous-broker is for the broker serve starts, "
+                "not with --mqtt",
+                file=sys.stderr,
+            )
+            return 2
+        if not args.mqtt and (args.mqtt_username or args.mqtt_password_file):
+            print(
+                "sadad-sandbox serve: --mqtt-username and --mqtt-password-file go with --mqtt "
+                "(serve logs in to its own broker by itself)",
+                file=sys.stderr,
+            )
+            return 2
         if args.mqtt:
             try:
                 parse_mqtt_url(args.mqtt)
+                login = _outside_login(args)
             except ValueError as exc:
                 print(f"sadad-sandbox serve: {exc}", file=sys.stderr)
                 return 2
@@ -372,8 +449,11 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
         else:
             last = store.get_state(STATE_BROKER_PORT)
             port = int(last) if last and last.isdigit() and port_is_free(int(last)) else None
-            broker = MosquittoBroker(layout.mosquitto_dir, port)
+            broker = MosquittoBroker(layout.mosquitto_dir, port, secure=not args.anonymous_broker)
             try:
+                if broker.secure:
+                    _register_terminals(layout, broker)
+                    login = broker.tms_credentials
                 broker.start()
             except BrokerError as exc:
                 print(f"sadad-sandbox serve: {exc}", file=sys.stderr)
@@ -403,6 +483,8 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
             late_seconds=args.late_seconds,
             http_url=http_url,
             tms_client_id="sadad-tms-" + sha1(str(layout.root).encode()).hexdigest()[:12],  # noqa: S324
+            mqtt_username=login.username if login else None,
+            mqtt_password=login.password if login else None,
         )
         gw = Gateway(settings, keys, store)
         for sn in args.simulated_terminal:

@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -80,6 +80,9 @@ class Settings:
     hang_seconds: float = 40.0
     http_url: str = ""
     tms_client_id: str | None = None
+    # The TMS's broker login (a secure broker: sandbox.broker.TMS_USER); None: anonymous.
+    mqtt_username: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
     late_seconds: float = DEFAULT_LATE_S  # the late-create fault's delay
 
 
@@ -116,6 +119,8 @@ class Gateway:
             self.tms = Tms(
                 settings.mqtt_url,
                 client_id=settings.tms_client_id,
+                username=settings.mqtt_username,
+                password=settings.mqtt_password,
                 on_status=self.on_status,
                 on_event=self.on_event,
             )

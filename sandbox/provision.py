@@ -5,15 +5,28 @@
 writes ``DIR/pos.toml`` for ``sadad-pos``; ``provision_terminal`` gives a
 terminal its key pair (docs/protocol.md "Common envelope": "each terminal has its
 own key pair, public half registered with the gateway"), registers it with
-``app_id`` = its SN, copies the gateway public key beside it and writes
-``DIR/terminals/SN/agent.toml`` for ``sadad-agent``.
+``app_id`` = its SN, copies the gateway public key beside it, gives it broker
+credentials (user = its SN, a random password in ``DIR/terminals/SN/
+mqtt.password``, mode 0600, kept when present) and writes
+``DIR/terminals/SN/agent.toml`` for ``sadad-agent`` (``[mqtt] username``,
+``password_file``).
+
+The credentials are registered with the sandbox's own broker
+(``DIR/mosquitto/``, which ``serve`` runs secure: docs/operations.md
+"Credentials and ACLs") when it has a password file: a running one reloads
+and accepts them before ``provision_terminal`` returns; ``serve`` registers
+every provisioned terminal again whenever it starts its broker. With an
+outside broker (``serve --mqtt URL``) the user must be added there (the
+secure ``sandbox.broker`` classes: ``add_user(sn, password)``; an anonymous
+broker ignores the login).
 
 Provisioning works whether or not ``serve`` runs: a running sandbox reads
 terminals from SQLite per request. The MQTT and gateway URLs come from the
 last ``serve`` (recorded in the database); before any ``serve`` they are the
 defaults below and the file says so.
 
-Raises ``ProvisionError`` for a bad SN or reader spec.
+Raises ``ProvisionError`` for a bad SN or reader spec, or a broker that does
+not take the terminal's credentials.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from pathlib import Path
 
 import tomlkit
 
+from sandbox.broker import TMS_USER, BrokerError, MosquittoBroker, new_password, write_secret
 from sandbox.keys import (
     DEFAULT_CURRENCY,
     DEFAULT_STORE_NAME,
@@ -52,8 +66,11 @@ _SN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _READER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
+MQTT_LOGIN_FILE = "mqtt.password"  # beside agent.toml
+
+
 class ProvisionError(ValueError):
-    """Bad provisioning input (SN, reader spec)."""
+    """Bad provisioning input (SN, reader spec), or the broker refused the terminal."""
 
 
 def prepare(layout: Layout) -> SandboxKeys:
@@ -133,6 +150,8 @@ class Provisioned:
     private_key: Path
     public_key: Path
     gateway_public_key: Path
+    mqtt_username: str
+    mqtt_password_file: Path
 
 
 def provision_terminal(
@@ -143,11 +162,14 @@ def provision_terminal(
     store_name: str = DEFAULT_STORE_NAME,
     technician_pin: str | None = None,
 ) -> Provisioned:
-    """Create (or refresh) terminal ``sn``: keys kept if present, agent.toml
-    rewritten; with ``technician_pin``, its hash in ``technician.pin`` beside
-    it (``agent.technician``) so that setup opens with it."""
+    """Create (or refresh) terminal ``sn``: keys and broker password kept if
+    present, registered with the sandbox's broker, agent.toml rewritten; with
+    ``technician_pin``, its hash in ``technician.pin`` beside it
+    (``agent.technician``) so that setup opens with it."""
     if not _SN.fullmatch(sn):
         raise ProvisionError("terminal SN must be 1-32 of letters, digits, _ and -")
+    if sn == TMS_USER:
+        raise ProvisionError(f"{TMS_USER!r} is the TMS's broker user, not a terminal SN")
     for name in readers or {}:
         if not _READER_NAME.fullmatch(name):
             raise ProvisionError(f"reader name {name!r} must be letters, digits, _ and -")
@@ -163,6 +185,9 @@ def provision_terminal(
         store.add_terminal(sn, MERCHANT_NO, public_pem, store_name)
         http_url = store.get_state(STATE_HTTP_URL)
         mqtt_url = store.get_state(STATE_MQTT_URL)
+    password_file = tdir / MQTT_LOGIN_FILE
+    password = mqtt_password(password_file)
+    register_with_broker(layout, sn, password)
     pin_file = None
     if technician_pin is not None:
         from agent.technician import PIN, hash_pin
@@ -176,6 +201,7 @@ def provision_terminal(
     text = agent_toml(
         technician_pin_file=pin_file,
         sn=sn,
+        mqtt_password_file=password_file,
         store_name=store_name,
         private_key=private,
         gateway_public_key=gateway_public,
@@ -188,12 +214,39 @@ def provision_terminal(
     tmp = config.with_suffix(".toml.tmp")
     tmp.write_text(text, "utf-8")
     tmp.replace(config)
-    return Provisioned(sn, config, private, public, gateway_public)
+    return Provisioned(sn, config, private, public, gateway_public, sn, password_file)
+
+
+def mqtt_password(path: Path) -> str:
+    """The terminal's broker password in ``path``, made (random, mode 0600)
+    when missing: provisioning again keeps it, as it keeps the keys."""
+    if path.exists():
+        password = path.read_text("utf-8").strip()
+        if password:
+            return password
+    password = new_password()
+    write_secret(path, password + "\n")
+    return password
+
+
+def register_with_broker(layout: Layout, sn: str, password: str) -> bool:
+    """Add terminal ``sn`` to the sandbox's own secure broker, if it has one
+    (a password file under ``DIR/mosquitto/``); a running broker reloads.
+    Returns whether it did. Raises ProvisionError."""
+    broker = MosquittoBroker(layout.mosquitto_dir, secure=True)
+    if not broker.password_path.exists():
+        return False  # never started secure: `serve` registers it when it does
+    try:
+        broker.add_user(sn, password)
+    except BrokerError as exc:
+        raise ProvisionError(f"the sandbox's broker did not take terminal {sn}: {exc}") from exc
+    return True
 
 
 def agent_toml(
     *,
     technician_pin_file: Path | None = None,
+    mqtt_password_file: Path | None = None,
     sn: str,
     store_name: str,
     private_key: Path,
@@ -237,6 +290,15 @@ def agent_toml(
         ),
     )
     mqtt.add("keepalive", tomlkit.item(MQTT_KEEPALIVE).comment("seconds"))
+    if mqtt_password_file is not None:
+        mqtt.add(
+            "username",
+            tomlkit.item(sn).comment("the broker knows a terminal by its SN, too"),
+        )
+        mqtt.add(
+            "password_file",
+            tomlkit.item(str(mqtt_password_file)).comment("its broker password (mode 0600)"),
+        )
     doc.add("mqtt", mqtt)
 
     gateway = tomlkit.table()

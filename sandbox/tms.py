@@ -16,6 +16,10 @@
   disconnected are queued by paho and sent on reconnect (a push queued in
   the first second, before a 3.1.1 broker refused protocol 5, is published
   again by the fallback client).
+- logs in with ``username``/``password`` when given: a secure broker's TMS
+  user (``sandbox.broker.TMS_USER``) may publish every terminal's orders and
+  read every terminal's events and status, and nothing else; a refused login
+  is logged and retried like a broker that is down.
 
 Raises ``ValueError`` for a broker URL that is not ``mqtt://host[:port]``.
 """
@@ -67,12 +71,16 @@ class Tms:
         url: str,
         *,
         client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
         on_status: Handler,
         on_event: Handler,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
         self.url = url
         self.client_id = client_id or f"sadad-tms-{uuid.uuid4().hex[:12]}"
+        self.username = username
+        self._password = password
         self._on_status = on_status
         self._on_event = on_event
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,6 +101,8 @@ class Tms:
             protocol=protocol,
             clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else False,
         )
+        if self.username is not None:
+            client.username_pw_set(self.username, self._password)
         client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.max_queued_messages_set(0)
         client.on_connect = self._handle_connect
@@ -180,7 +190,12 @@ class Tms:
                     self._falling_back = True
                 threading.Thread(target=self._fall_back, args=(client,), daemon=True).start()
                 return
-            log.warning("broker %s refused the TMS: %s", self.url, reason_code)
+            log.warning(
+                "broker %s refused the TMS (user %s): %s",
+                self.url,
+                self.username or "anonymous",
+                reason_code,
+            )
             return
         client.subscribe([(every_terminal("status"), 1), (every_terminal("events"), 1)])
         with self._lock:

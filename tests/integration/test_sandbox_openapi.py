@@ -338,7 +338,12 @@ def test_provision_writes_agent_toml_pointing_at_existing_keys(sandbox: SandboxH
         "store_name": "Corner Shop",
         "private_key_file": str(sandbox.data_dir / "terminals/T106/terminal_private.pem"),
     }
-    assert cfg["mqtt"] == {"url": sandbox.mqtt_url, "keepalive": 30}
+    assert cfg["mqtt"] == {
+        "url": sandbox.mqtt_url,
+        "keepalive": 30,
+        "username": "T106",  # the broker knows a terminal by its SN (issue 16)
+        "password_file": str(sandbox.data_dir / "terminals/T106/mqtt.password"),
+    }
     assert cfg["gateway"]["url"] == sandbox.http_url
     assert cfg["readers"] == {"nfc": "pn532:/tmp/pn532", "qr": "scanner:/tmp/q"}
     assert cfg["journal"]["path"].startswith(str(sandbox.data_dir))

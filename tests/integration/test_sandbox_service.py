@@ -213,7 +213,7 @@ def test_serve_with_its_own_broker_and_a_clean_stop(tmp_path: Path) -> None:
             pass
         conf = (data / "mosquitto" / "mosquitto.conf").read_text()
         assert f"listener {port} 127.0.0.1" in conf
-        assert "allow_anonymous true" in conf
+        assert "allow_anonymous false" in conf  # a user per terminal (issue 16)
         assert "persistence true" in conf
         for name in ("gateway_private", "gateway_public", "pos_private", "pos_public"):
             assert (data / "keys" / f"{name}.pem").exists()

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config as agent_load_config
-from agent.config import technician_pin_hash
+from agent.config import mqtt_password, technician_pin_hash
 from agent.technician import verify_pin
 from cloud.config import load_config
+from sandbox.broker import TMS_USER, MosquittoBroker, mosquitto_password_ok
 from sandbox.keys import Layout
 from sandbox.provision import (
     ProvisionError,
@@ -134,3 +135,44 @@ def test_a_technician_pin_is_provisioned_hashed(tmp_path: Path) -> None:
     assert "4321" not in done.agent_config.read_text()
     with pytest.raises(ProvisionError, match="4-12 digits"):
         provision_terminal(layout, "T7", technician_pin="12")
+
+
+def test_a_terminal_gets_broker_credentials_of_its_own(tmp_path: Path) -> None:
+    """User = SN, a random password in mqtt.password (0600) beside agent.toml,
+    named there; kept when provisioned again, as the keys are."""
+    layout = Layout.of(tmp_path)
+    done = provision_terminal(layout, "T8")
+    assert done.mqtt_username == "T8"
+    assert done.mqtt_password_file == done.agent_config.parent / "mqtt.password"
+    assert done.mqtt_password_file.stat().st_mode & 0o777 == 0o600
+    cfg = agent_load_config(done.agent_config)
+    assert cfg.mqtt.username == "T8"
+    assert cfg.mqtt.password_file == done.mqtt_password_file
+    password = mqtt_password(cfg.mqtt)
+    assert password is not None
+    assert len(password) >= 32
+    assert password not in done.agent_config.read_text()
+    again = provision_terminal(layout, "T8")
+    assert mqtt_password(agent_load_config(again.agent_config).mqtt) == password
+    other = provision_terminal(layout, "T9")
+    assert mqtt_password(agent_load_config(other.agent_config).mqtt) != password
+    # Never run secure: nothing registered, nothing made under DIR/mosquitto.
+    assert not layout.mosquitto_dir.exists()
+
+
+def test_credentials_are_registered_with_the_sandboxs_secure_broker(tmp_path: Path) -> None:
+    """Once the sandbox's Mosquitto has a password file, provisioning adds the
+    terminal to it (a stopped broker reads it at its next start)."""
+    layout = Layout.of(tmp_path)
+    broker = MosquittoBroker(layout.mosquitto_dir, secure=True)
+    broker.tms_credentials  # noqa: B018  # makes the password file, as a secure start does
+    done = provision_terminal(layout, "T10")
+    password = done.mqtt_password_file.read_text().strip()
+    lines = {line.partition(":")[0]: line for line in broker.password_path.read_text().splitlines()}
+    assert set(lines) == {"T10", TMS_USER}
+    assert mosquitto_password_ok(lines["T10"], password)
+
+
+def test_the_tms_user_is_not_a_terminal(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError, match="TMS"):
+        provision_terminal(Layout.of(tmp_path), TMS_USER)
