@@ -238,8 +238,11 @@ class ConnectionEvent(_EventBase, frozen=True, kw_only=True, tag="connection"):
     gateway_reason: str = ""
 
 
+ReaderState = Literal["ready", "offline", "fault"]
+
+
 class ReadersEvent(_EventBase, frozen=True, kw_only=True, tag="readers"):
-    readers: dict[str, Literal["ready", "offline", "fault"]]
+    readers: dict[str, ReaderState]
 
 
 class QueueEvent(_EventBase, frozen=True, kw_only=True, tag="queue"):

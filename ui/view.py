@@ -72,6 +72,13 @@ GATEWAY_LABELS = {"ok": "ok", "unreachable": "unreachable", "unknown": "not chec
 _LONG_DIGITS = re.compile(r"\d(?:[ -]?\d){11,}")
 
 
+def items_width(items: list[tuple[str, str, bool]]) -> int:
+    """Cells of ``label state`` items joined by two spaces, as the status bar draws them."""
+    return sum(len(label) + 1 + len(state) for label, state, _ in items) + 2 * max(
+        len(items) - 1, 0
+    )
+
+
 def mask_digits(text: str) -> str:
     """Mask every run of 12 or more digits (spaces or dashes allowed between)
     to its first 6 and last 4 digits."""
@@ -268,6 +275,20 @@ class CheckoutView:
         for name, state in self.readers.items():
             items.append((name, state, state == "ready"))
         return items
+
+    def status_items(self, room: int) -> list[tuple[str, str, bool]]:
+        """``connection_items()`` for a line of ``room`` cells: when they do not
+        fit (three readers at 80 columns), the readers are summed up in one
+        item, and only those not ready are still named - what a cashier must
+        see of them (the idle panel lists them all)."""
+        items = self.connection_items()
+        if items_width(items) <= room or len(items) <= 3:
+            return items
+        links, readers = items[:2], items[2:]
+        down = [item for item in readers if not item[2]]
+        ready = len(readers) - len(down)
+        summary = f"{ready} ready" if not down else f"{ready}/{len(readers)}"
+        return [*links, ("Readers", summary, not down), *down]
 
     def link_reason(self, label: str) -> str:
         """Why the TMS or the gateway link is down, as the agent said (or "")."""

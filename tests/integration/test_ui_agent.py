@@ -99,8 +99,9 @@ async def test_push_wakes_the_ui_and_the_sale_completes(term: Terminal) -> None:
     await asyncio.to_thread(wait_idle, term)
     app = build_app(["--socket", str(term.socket)])
     async with app.run_test(size=(80, 24)) as pilot:
-        idle = await shows(pilot, app, IDLE, f"[{term.sn}]", "TMS (MQTT)    connected")
-        assert "Reader nfc    ready" in idle
+        idle = await shows(pilot, app, IDLE, f"[{term.sn}]", "TMS (MQTT) ", "Reader nfc ")
+        assert re.search(r"TMS \(MQTT\) +connected", idle)
+        assert re.search(r"Reader nfc +ready", idle)
 
         order = await asyncio.to_thread(
             term.push, "1234.50", confirm_on_terminal=True, description="2 coffees"

@@ -45,6 +45,9 @@ ORDER = bp.OrderInfo(
 Reply = dict[str, Any] | Callable[[bp.Intent], dict[str, Any]] | Exception
 
 
+READERS: dict[str, bp.ReaderState] = {"nfc": "ready", "msr": "ready", "scanner": "ready"}
+
+
 class ScriptedAgent:
     """A BridgeServer on a Unix socket with a scripted agent behind it."""
 
@@ -117,7 +120,8 @@ class ScriptedAgent:
         await self.server.start()
         if healthy:
             self.publish(bp.ConnectionEvent(mqtt="connected", gateway="ok"))
-            self.publish(bp.ReadersEvent(readers={"nfc": "ready", "qr": "ready"}))
+            # The demo's three readers: the status bar must fit them at 80 columns.
+            self.publish(bp.ReadersEvent(readers=READERS))
             self.show(Screen.IDLE)
 
 

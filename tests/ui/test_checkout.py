@@ -27,14 +27,41 @@ async def test_idle_shows_store_terminal_and_links(agent: ScriptedAgent) -> None
         text = screen_text(app)
         assert "Demo Coffee  [T0001]" in text
         assert "terminal T0001" in text
-        assert "TMS (MQTT)    connected" in text
-        assert "Gateway       ok" in text
-        assert "Reader nfc    ready" in text
-        assert "Reader qr     offline" in text
+        assert "TMS (MQTT)  connected" in text
+        assert "Gateway     ok" in text
+        assert "Reader nfc  ready" in text
+        assert "Reader qr   offline" in text
         assert "Confirm" not in text  # no order: Enter does nothing
         await pilot.press("enter", "escape")
         await pilot.pause(0.05)
         assert agent.intents == []
+
+
+async def test_three_readers_fit_80_columns(agent: ScriptedAgent) -> None:
+    """Issue 15: with the demo's three readers the status bar wrapped at 80
+    columns and the idle panel read "Reader scannerready"."""
+    agent.publish(bp.ReadersEvent(readers={"nfc": "ready", "msr": "ready", "scanner": "ready"}))
+    app = make_app(agent.path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: _shows(app, "Reader scanner", "Readers 3 ready"))
+        lines = screen_text(app).splitlines()
+        assert lines[0].strip().startswith("Demo Coffee  [T0001]")
+        assert lines[0].strip().endswith("TMS connected  Gateway ok  Readers 3 ready")
+        assert "ready" not in lines[1]  # no second status line
+        text = "\n".join(lines)
+        assert "Reader scanner  ready" in text
+        assert "Reader nfc      ready" in text
+        assert "TMS (MQTT)      connected" in text
+
+        # A reader down is still named in the status bar.
+        down: dict[str, bp.ReaderState] = {"nfc": "ready", "msr": "ready", "scanner": "offline"}
+        agent.publish(bp.ReadersEvent(readers=down))
+        await until(pilot, lambda: _shows(app, "Readers 2/3  scanner offline"))
+        assert screen_text(app).splitlines()[0].strip().startswith("Demo Coffee  [T0001]")
+
+        # Wider, everything is named.
+        await pilot.resize_terminal(120, 24)
+        await until(pilot, lambda: _shows(app, "nfc ready  msr ready  scanner offline"))
 
 
 async def test_idle_says_why_a_link_is_down(agent: ScriptedAgent) -> None:
@@ -48,8 +75,8 @@ async def test_idle_says_why_a_link_is_down(agent: ScriptedAgent) -> None:
     )
     app = make_app(agent.path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: _shows(app, "TMS (MQTT)    disconnected  connection refused"))
-        assert _shows(app, "Gateway       unreachable  timed out", "TMS disconnected")
+        await until(pilot, lambda: _shows(app, "TMS (MQTT)      disconnected  connection refused"))
+        assert _shows(app, "Gateway         unreachable  timed out", "TMS disconnected")
 
 
 async def test_sale_confirm_read_authorize_approve_then_idle(agent: ScriptedAgent) -> None:

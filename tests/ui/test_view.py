@@ -147,3 +147,20 @@ def test_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not app.ascii_borders
     assert not app.ansi_colors
     assert app.hint == "hello"
+
+
+def test_status_items_sum_up_readers_that_do_not_fit() -> None:
+    v = CheckoutView()
+    v.apply(_hello())
+    v.readers = {"nfc": "ready", "msr": "ready", "scanner": "offline"}
+    full = v.connection_items()
+    assert v.status_items(200) == full
+    assert v.status_items(40) == [
+        *full[:2],
+        ("Readers", "2/3", False),
+        ("scanner", "offline", False),
+    ]
+    v.readers = {"nfc": "ready", "msr": "ready", "scanner": "ready"}
+    assert v.status_items(40)[2:] == [("Readers", "3 ready", True)]
+    v.readers = {"nfc": "ready"}
+    assert v.status_items(10) == v.connection_items()  # one reader: nothing to sum up

@@ -13,10 +13,17 @@ from ui.view import CheckoutView
 class AgentLostPanel(Vertical):
     """``show(view)``: "connecting" before the first hello, "not running" after."""
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        # Kept, not queried on each event (ui.screens.checkout says why).
+        self._title = Static(id="lost-title")
+        self._reason = Static(id="lost-reason")
+        self._note = Static(id="lost-note")
+
     def compose(self) -> ComposeResult:
-        yield Static(id="lost-title")
-        yield Static(id="lost-reason")
-        yield Static(id="lost-note")
+        yield self._title
+        yield self._reason
+        yield self._note
 
     def show(self, view: CheckoutView) -> None:
         if view.phase == "connecting":
@@ -24,6 +31,6 @@ class AgentLostPanel(Vertical):
         else:
             title = "Agent not running - reconnecting"
             note = "Payments in progress are settled when the agent is back."
-        self.query_one("#lost-title", Static).update(Content(title))
-        self.query_one("#lost-reason", Static).update(Content(view.lost_reason))
-        self.query_one("#lost-note", Static).update(Content(note))
+        self._title.update(Content(title))
+        self._reason.update(Content(view.lost_reason))
+        self._note.update(Content(note))

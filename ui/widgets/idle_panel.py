@@ -13,32 +13,45 @@ from ui.view import CheckoutView
 class IdlePanel(Vertical):
     """``show(view, hint)``: one line per link, green when healthy."""
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        # Kept, not queried on each event (ui.screens.checkout says why).
+        self._title = Static(id="idle-title")
+        self._store = Static(id="idle-store")
+        self._links = Static(id="idle-links")
+        self._hint = Static(id="idle-hint")
+
     def compose(self) -> ComposeResult:
-        yield Static(id="idle-title")
-        yield Static(id="idle-store")
+        yield self._title
+        yield self._store
         with Center():
-            yield Static(id="idle-links")
-        yield Static(id="idle-hint")
+            yield self._links
+        yield self._hint
 
     def show(self, view: CheckoutView, hint: str = "") -> None:
-        self.query_one("#idle-title", Static).update(Content("Ready for the next order"))
+        self._title.update(Content("Ready for the next order"))
         store = view.store or "Sadad checkout"
-        self.query_one("#idle-store", Static).update(
-            Content(f"{store}   -   terminal {view.sn}" if view.sn else store)
-        )
+        self._store.update(Content(f"{store}   -   terminal {view.sn}" if view.sn else store))
         lines: list[Content] = []
-        for label, state, healthy in view.connection_items():
-            name = {"TMS": "TMS (MQTT)", "Gateway": "Gateway"}.get(label, f"Reader {label}")
+        items = view.connection_items()
+        names = [
+            {"TMS": "TMS (MQTT)", "Gateway": "Gateway"}.get(label, f"Reader {label}")
+            for label, _, _ in items
+        ]
+        # The names in a column two cells wider than the longest (a reader's
+        # name is up to 32 characters): "Reader scanner  ready", never run together.
+        column = max((len(name) for name in names), default=12) + 2
+        for name, (label, state, healthy) in zip(names, items, strict=True):
             style = "$text-success" if healthy else "$text-error"
-            line = Content.assemble(f"{name:<14}", (state, f"bold {style}"))
+            line = Content.assemble(f"{name:<{column}}", (state, f"bold {style}"))
             reason = view.link_reason(label)
             if reason:
                 short = reason if len(reason) <= 44 else reason[:43] + "~"
                 line = Content.assemble(line, (f"  {short}", "$text-muted"))
             lines.append(line)
         if not view.readers:
-            lines.append(Content.assemble(f"{'Readers':<14}", ("none configured", "$text-warning")))
-        self.query_one("#idle-links", Static).update(Content("\n").join(lines))
-        hint_line = self.query_one("#idle-hint", Static)
-        hint_line.update(Content(hint))
-        hint_line.display = bool(hint)
+            none = ("none configured", "$text-warning")
+            lines.append(Content.assemble(f"{'Readers':<{column}}", none))
+        self._links.update(Content("\n").join(lines))
+        self._hint.update(Content(hint))
+        self._hint.display = bool(hint)

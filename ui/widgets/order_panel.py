@@ -29,42 +29,49 @@ class OrderPanel(Vertical):
         super().__init__(id=id)
         self.clock = clock
         self.ascii_only = ascii_only
+        # Kept, not queried on each event (ui.screens.checkout says why).
+        self._line = Static(id="order-line")
+        self._description = Static(id="order-description")
+        self._amount = Amount(ascii_only=ascii_only, id="amount")
+        self._prompt = Prompt(clock, id="prompt")
+        self._card = Static(id="card")
+        self._message = Static(id="message")
+        self._methods = Static(id="methods")
+        self._countdown = Countdown(clock, id="countdown")
+        self._confirm = Button("Confirm  Enter", id="confirm", variant="success")
+        self._cancel = Button("Cancel  Esc", id="cancel", variant="error")
+        for button in (self._confirm, self._cancel):
+            button.can_focus = False
 
     def compose(self) -> ComposeResult:
-        yield Static(id="order-line")
-        yield Static(id="order-description")
-        yield Amount(ascii_only=self.ascii_only, id="amount")
-        yield Prompt(self.clock, id="prompt")
-        yield Static(id="card")
-        yield Static(id="message")
-        yield Static(id="methods")
-        yield Countdown(self.clock, id="countdown")
+        yield self._line
+        yield self._description
+        yield self._amount
+        yield self._prompt
+        yield self._card
+        yield self._message
+        yield self._methods
+        yield self._countdown
         with Horizontal(id="order-actions"):
-            confirm = Button("Confirm  Enter", id="confirm", variant="success")
-            cancel = Button("Cancel  Esc", id="cancel", variant="error")
-            for button in (confirm, cancel):
-                button.can_focus = False
-                yield button
+            yield self._confirm
+            yield self._cancel
 
     def show(self, view: CheckoutView) -> None:
         order = view.order
-        self.query_one("#order-line", Static).update(Content(view.order_line()))
-        self.query_one("#order-description", Static).update(Content(view.description()))
-        self.query_one(Amount).show(order.amount if order else "", order.currency if order else "")
-        self.query_one(Prompt).show(view.prompt(), busy=view.in_progress())
-        self.query_one("#card", Static).update(Content(view.card_line()))
+        self._line.update(Content(view.order_line()))
+        self._description.update(Content(view.description()))
+        self._amount.show(order.amount if order else "", order.currency if order else "")
+        self._prompt.show(view.prompt(), busy=view.in_progress())
+        self._card.update(Content(view.card_line()))
         message = view.message()
-        msg = self.query_one("#message", Static)
-        msg.update(Content(message))
-        msg.display = bool(message)
+        self._message.update(Content(message))
+        self._message.display = bool(message)
         waiting = not view.in_progress()
-        methods = self.query_one("#methods", Static)
-        methods.update(Content(methods_text(order.methods) if order else ""))
-        methods.display = waiting and not view.can_confirm
-        countdown = self.query_one(Countdown)
-        countdown.deadline = order.expires_at if order and view.can_cancel else 0
-        self.query_one("#confirm", Button).display = view.can_confirm
-        self.query_one("#cancel", Button).display = view.can_cancel
+        self._methods.update(Content(methods_text(order.methods) if order else ""))
+        self._methods.display = waiting and not view.can_confirm
+        self._countdown.deadline = order.expires_at if order and view.can_cancel else 0
+        self._confirm.display = view.can_confirm
+        self._cancel.display = view.can_cancel
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()

@@ -19,25 +19,30 @@ class ResultPanel(Vertical):
     def __init__(self, *, ascii_only: bool = False, id: str | None = None) -> None:
         super().__init__(id=id)
         self.ascii_only = ascii_only
+        # Kept, not queried on each event (ui.screens.checkout says why).
+        self._title = Static(id="result-title")
+        self._amount = Amount(ascii_only=ascii_only, id="result-amount")
+        self._order = Static(id="result-order")
+        self._details = Static(id="result-details")
+        self._message = Static(id="result-message")
 
     def compose(self) -> ComposeResult:
-        yield Static(id="result-title")
-        yield Amount(ascii_only=self.ascii_only, id="result-amount")
-        yield Static(id="result-order")
-        yield Static(id="result-details")
-        yield Static(id="result-message")
+        yield self._title
+        yield self._amount
+        yield self._order
+        yield self._details
+        yield self._message
 
     def show(self, view: CheckoutView) -> None:
         result = view.result()
         outcome = f"-{result.outcome}" if result else ""
         for cls in OUTCOME_CLASSES:
             self.set_class(cls == outcome, cls)
-        self.query_one("#result-title", Static).update(Content(view.result_title()))
+        self._title.update(Content(view.result_title()))
         order = view.order
-        self.query_one(Amount).show(order.amount if order else "", order.currency if order else "")
-        self.query_one("#result-order", Static).update(Content(view.order_line()))
-        self.query_one("#result-details", Static).update(Content("\n".join(view.result_lines())))
+        self._amount.show(order.amount if order else "", order.currency if order else "")
+        self._order.update(Content(view.order_line()))
+        self._details.update(Content("\n".join(view.result_lines())))
         message = view.message()
-        msg = self.query_one("#result-message", Static)
-        msg.update(Content(message))
-        msg.display = bool(message)
+        self._message.update(Content(message))
+        self._message.display = bool(message)
