@@ -68,8 +68,9 @@ demo: deps
 	$(BIN)/python -m sandbox.demo --data $(DEMO_DATA) $(if $(DEMO_HEADLESS),--headless)
 
 # Each prints a table and one JSON line; BENCH_ARGS=--quick runs each in under
-# a minute. The 5,000-sale soak takes long: `make bench BENCHES=soak`.
-BENCHES ?= emv_read push_to_screen sale_e2e pos_client footprint soak
+# a minute. The 5,000-sale soak and the fleet's ramp (1,000 sessions, doubling
+# until a broker gives way) take long: `make bench BENCHES=fleet`.
+BENCHES ?= emv_read push_to_screen sale_e2e pos_client footprint fleet soak
 bench: deps
 	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python benchmarks/$$b.py $(BENCH_ARGS) || exit 1; done
 
