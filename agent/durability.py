@@ -48,8 +48,9 @@ class Durability:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter, wait_for_commit)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see agent.outbox
+                    async with asyncio.timeout(wait_for_commit):
+                        await waiter
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)

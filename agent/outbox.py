@@ -93,8 +93,11 @@ class Outbox:
                 self._backoff.reset()
                 await self._wake.wait()
             else:
+                # asyncio.timeout: 3.11's wait_for can swallow a cancellation
+                # that lands as the wake comes, and the agent would not stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._backoff.next())
+                    async with asyncio.timeout(self._backoff.next()):
+                        await self._wake.wait()
 
     async def _deliver_pending(self) -> bool:
         """One pass over the pending rows; whether every one went."""

@@ -95,8 +95,12 @@ class Notifier:
         if nxt is not None:
             wait = min(wait, max(0.0, (nxt - envelope.now_ms()) / 1000))
         self._wake.clear()
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+        # cancellation that lands as the wake comes (the run loop then never
+        # stops; a test hung on it under load).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
 
     def _named(self, info: OrderInfo) -> OrderInfo:
         """``info`` naming its merchant and app (filled in for old snapshots)."""
