@@ -16,8 +16,8 @@ Sub-commands:
   technician's reader check (``drivers.check``). Readers come from the
   ``[readers]`` table of the TOML config (``name = "KIND:PORT[;k=v...]"``),
   then ``--reader`` adds or replaces entries. ``--timeout 0`` only probes.
-  Exit status 0 when every reader is ok, 1 when one is not, 2 on a usage or
-  configuration error. Output shows masked card data only.
+  Exit status 0 when every reader is ok, 1 when one is not, 2 on a usage
+  error, 78 on a configuration error. Output shows masked card data only.
 
 Add a sub-command by writing ``_cmd_<name>(args) -> int`` and registering its
 parser in ``_parser()``.
@@ -34,18 +34,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.paths import CONFIG_FILE
+from cloud.config_schema import EX_CONFIG, ConfigError
+
 if TYPE_CHECKING:
     from agent.config import AgentConfig
 
-EXIT_CONFIG = 78
+__all__ = ["DEFAULT_CONFIG", "load_reader_specs", "main"]
 
-__all__ = ["DEFAULT_CONFIG", "ConfigError", "load_reader_specs", "main"]
-
-DEFAULT_CONFIG = "/etc/sadad-agent/agent.toml"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the text says where and why."""
+DEFAULT_CONFIG = str(CONFIG_FILE)
 
 
 def load_reader_specs(path: Path, *, required: bool) -> dict[str, str]:
@@ -82,7 +79,7 @@ def _cmd_readers(args: argparse.Namespace) -> int:
         specs = load_reader_specs(Path(config), required=args.config is not None)
     except ConfigError as exc:
         print(f"sadad-agent: {exc}", file=sys.stderr)
-        return 2
+        return EX_CONFIG
     for item in args.reader:
         name, eq, spec = item.partition("=")
         if not eq or not name.strip() or not spec.strip():
@@ -115,7 +112,6 @@ def _load(args: argparse.Namespace) -> AgentConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError as AgentConfigError
     from agent.service import AgentService
 
     logging.basicConfig(
@@ -128,25 +124,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args)
         return asyncio.run(AgentService(cfg).run())
-    except AgentConfigError as exc:
+    except ConfigError as exc:
         print(f"sadad-agent: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EX_CONFIG
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError as AgentConfigError
     from agent.config import check_files
 
     try:
         cfg = _load(args)
-    except AgentConfigError as exc:
+    except ConfigError as exc:
         print(f"sadad-agent: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EX_CONFIG
     problems = check_files(cfg)
     for problem in problems:
         print(f"sadad-agent: {problem}", file=sys.stderr)
     if problems:
-        return EXIT_CONFIG
+        return EX_CONFIG
     print(f"{cfg.source}: ok (terminal {cfg.terminal.sn}, {len(cfg.readers)} readers)")
     return 0
 
@@ -162,13 +157,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from agent.bridge_client import query_status
     from agent.bridge_protocol import BridgeError
-    from agent.config import ConfigError as AgentConfigError
 
     try:
         data = asyncio.run(query_status(_socket_path(args), timeout=5.0))
-    except AgentConfigError as exc:
+    except ConfigError as exc:
         print(f"sadad-agent: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EX_CONFIG
     except (BridgeError, TimeoutError) as exc:
         print(f"sadad-agent: {exc}", file=sys.stderr)
         return 1
@@ -188,16 +182,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_journal(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError as AgentConfigError
     from agent.journal import Journal, JournalError
     from cloud.timeline import hop_lines
 
     try:
         cfg = _load(args)
         journal = Journal(cfg.journal.path)
-    except (AgentConfigError, JournalError) as exc:
+    except (ConfigError, JournalError) as exc:
         print(f"sadad-agent: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EX_CONFIG
     try:
         if args.show:
             row = journal.get(args.show)
@@ -236,7 +229,7 @@ def _cmd_pin(args: argparse.Namespace) -> int:
     says (or --file): read twice from the terminal, or once from stdin."""
     import getpass
 
-    from agent.config import ConfigError, load_config
+    from agent.config import load_config
     from agent.config_edit import write_atomic
     from agent.technician import PIN, hash_pin
 

@@ -65,7 +65,7 @@ async def run_doctor(path: str) -> int:
         cfg = load_config(path)
     except ConfigError as exc:
         _line("FAIL", "config", str(exc))
-        return 78
+        return ConfigError.exit_code
     _line("OK", "config", f"{cfg.source} (terminal {cfg.terminal.sn})")
     problems = check_files(cfg)
     private: RSAPrivateKey | None = None

@@ -68,7 +68,7 @@ from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
 from benchmarks.stack import ReadySocket, agent_env
 from benchmarks.stamps import Arrival, ScreenStamper, Seen, StampedSubscriber
-from sandbox.broker import MosquittoBroker
+from sandbox.broker_mosquitto import MosquittoBroker
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import REPO, TIME_SCALE, SandboxHandle, wait_until
 

@@ -1,6 +1,6 @@
 """The real processes behind ``footprint.py`` and ``soak.py``, and what /proc says of them.
 
-- ``Stack``: a temporary directory with Mosquitto (``sandbox.broker.MosquittoBroker``,
+- ``Stack``: a temporary directory with Mosquitto (``sandbox.broker_mosquitto.MosquittoBroker``,
   restartable on its port), ``sadad-sandbox serve`` as a subprocess
   (``tests.integration.conftest.SandboxHandle``) and ``terminal()``, a provisioned
   ``tests.integration.agent_rig.Terminal`` (reader simulators on ptys, the agent as
@@ -35,7 +35,7 @@ from typing import Any
 
 import tomlkit
 
-from sandbox.broker import MosquittoBroker
+from sandbox.broker_mosquitto import MosquittoBroker
 from tests.integration.agent_rig import Order, Terminal, unit_environment
 from tests.integration.conftest import REPO, SandboxHandle, stop_process, wait_until
 

@@ -1,15 +1,8 @@
 """POS-server configuration: ``pos.toml`` (written by the sandbox's first ``serve``).
 
-Format::
-
-    gateway_url = "http://127.0.0.1:8080"           # {gateway_url}/api/entry, docs/protocol.md A
-    app_id = "pos-sandbox"                           # the app_id the gateway issued
-    merchant_no = "M0001"
-    private_key_file = "keys/pos_private.pem"        # relative to this file
-    gateway_public_key_file = "keys/gateway_public.pem"
-    default_currency = "QAR"                         # optional, default QAR
-    # optional: notify_url = "https://pos.example/notify", timeout = 10.0, store_no = "S1"
-    order_store = "pos-orders.db"                    # optional, relative to this file
+A flat TOML file, declared once in ``PosConfig`` below (``cloud.config_schema``:
+each key's type, bounds, default and doc in its attribute's annotation);
+docs/configuration.md shows the keys and an example, made from it.
 
 ``order_store`` names the SQLite file where ``cloud.pos`` records each order
 it creates, to bind notifications and query answers to it (docs/protocol.md
@@ -18,35 +11,132 @@ part B); every instance of a POS server (and ``sadad-pos push`` and
 kept in the process's memory.
 
 Keys may be PEM or the bare base64 DER text of the gateway portal
-(docs/protocol.md "Common envelope"). Every problem is a ``ConfigError`` naming
-the file, the key, what is wrong and what is allowed; nothing else escapes
-``load_config``.
+(docs/protocol.md "Common envelope"); they are loaded when the config is
+loaded. Every problem is a ``ConfigError`` (``cloud.config_schema``, the
+project's one; exit code 78) naming the file, the key, what is wrong and
+what is allowed; nothing else escapes ``load_config``. The phrasing
+(``POS_WORDING``, the checks below) is pos.toml's own, older than the shared
+schema, and kept: scripts match on it.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cloud.config_schema import Invalid, Rule, Schema, Setting, Wording
 from cloud.envelope import ENTRY_PATH
-from cloud.errors import ConfigError, KeyLoadError
+from cloud.errors import KeyLoadError
 from cloud.money import CURRENCIES
 from cloud.signing import PrivateKeyLike, PublicKeyLike, load_private_key, load_public_key
+
+__all__ = ["DEFAULT_PATH", "ENV_VAR", "SCHEMA", "PosConfig", "config_path", "load_config"]
 
 ENV_VAR = "SADAD_POS_CONFIG"
 DEFAULT_PATH = "pos.toml"
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 300.0
 
-_REQUIRED = ("gateway_url", "app_id", "merchant_no", "private_key_file", "gateway_public_key_file")
-_OPTIONAL = ("default_currency", "notify_url", "timeout", "store_no", "order_store")
-_ALLOWED_KEYS = ", ".join(_REQUIRED + _OPTIONAL)
+POS_WORDING = Wording(
+    unknown_key="unknown key (allowed: {allowed})",
+    missing_key="is required",
+    bad_value="{problem}",  # the checks below show the value themselves
+    not_found=(
+        f"config file not found; pass --config or set {ENV_VAR} "
+        "(the sandbox writes one on its first `serve`)"
+    ),
+    unreadable="cannot read: {reason}",
+    not_utf8="is not UTF-8 text",
+    bad_toml="is not valid TOML: {error}",
+)
+
+
+# ---------------------------------------------------------------- checks of this file
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise Invalid("must not be empty")
+    return value
+
+
+def _string(value: object, _base: Path) -> object:
+    return _text(value)
+
+
+def _http_url(value: object, _base: Path) -> object:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"{text!r} is not an http(s) URL (allowed: http://host[:port][/path])")
+    return text
+
+
+def _currency(value: object, _base: Path) -> object:
+    code = _text(value)
+    if code not in CURRENCIES:
+        raise Invalid(f"unsupported currency {code!r} (allowed: {_CURRENCIES})")
+    return code
+
+
+def _timeout(value: object, _base: Path) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"must be a number of seconds, not {type(value).__name__}")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise Invalid(f"{value} is out of range (allowed: 0 < timeout <= {MAX_TIMEOUT:g})")
+    return float(value)
+
+
+def _path(value: object, base: Path) -> Path:
+    path = Path(_text(value)).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _order_store(value: object, base: Path) -> object:
+    path = _path(value, base).absolute()
+    if path.is_dir():
+        raise Invalid(f"{path} is a directory (allowed: a file path)")
+    return path
+
+
+def _key_file(load: Callable[[bytes], object], allowed: str) -> Rule:
+    """A key file, loaded with ``load`` (``cloud.signing``)."""
+
+    def convert(value: object, base: Path) -> object:
+        path = _path(value, base)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise Invalid(f"file {path} does not exist") from None
+        except OSError as exc:
+            raise Invalid(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            return load(data)
+        except KeyLoadError as exc:
+            raise Invalid(f"{exc} (allowed: {allowed})") from None
+
+    return Rule(f"the path of a file holding {allowed}", convert)
+
+
+_CURRENCIES = ", ".join(sorted(CURRENCIES))
+TEXT = Rule("a non-empty string", _string)
+HTTP_URL = Rule("an http(s) URL: http://host[:port][/path]", _http_url)
+CURRENCY = Rule(f"one of {_CURRENCIES}", _currency)
+TIMEOUT = Rule(f"a number of seconds, 0 < timeout <= {MAX_TIMEOUT:g}", _timeout)
+ORDER_STORE = Rule("a file path (relative to this file)", _order_store)
+PRIVATE_KEY = _key_file(load_private_key, "PEM (PKCS#1 or PKCS#8) or base64 PKCS#8 DER")
+PUBLIC_KEY = _key_file(load_public_key, "PEM public key or base64 X.509 DER")
+
+
+# ---------------------------------------------------------------- the file, declared
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +148,63 @@ class PosConfig:
     key given directly cannot be loaded.
     """
 
-    gateway_url: str
-    app_id: str
-    merchant_no: str
-    private_key: PrivateKeyLike
-    gateway_public_key: PublicKeyLike
-    default_currency: str = "QAR"
-    notify_url: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    store_no: str | None = None
+    gateway_url: Annotated[
+        str,
+        Setting(
+            HTTP_URL,
+            "the gateway: requests go to {gateway_url}/api/entry (docs/protocol.md part A)",
+            example="http://127.0.0.1:8080",
+        ),
+    ]
+    app_id: Annotated[
+        str, Setting(TEXT, "the app_id the gateway issued to this POS", example="pos-sandbox")
+    ]
+    merchant_no: Annotated[str, Setting(TEXT, "the merchant the orders are for", example="M0001")]
+    private_key: Annotated[
+        PrivateKeyLike,
+        Setting(
+            PRIVATE_KEY,
+            "the POS's RSA private key (relative paths: to this file); signs each request",
+            key="private_key_file",
+            example="keys/pos_private.pem",
+        ),
+    ]
+    gateway_public_key: Annotated[
+        PublicKeyLike,
+        Setting(
+            PUBLIC_KEY,
+            "the gateway's RSA public key; verifies answers and notifications",
+            key="gateway_public_key_file",
+            example="keys/gateway_public.pem",
+        ),
+    ]
+    default_currency: Annotated[
+        str,
+        Setting(CURRENCY, "the currency of an order that names none", set_in_example=True),
+    ] = "QAR"
+    notify_url: Annotated[
+        str | None,
+        Setting(
+            HTTP_URL,
+            "where the gateway sends result notifications (docs/protocol.md part B)",
+            example="https://pos.example/notify",
+        ),
+    ] = None
+    timeout: Annotated[float, Setting(TIMEOUT, "seconds per HTTP request")] = DEFAULT_TIMEOUT
+    store_no: Annotated[str | None, Setting(TEXT, "the store the orders are for", example="S1")] = (
+        None
+    )
     # A SQLite file of the orders this POS created (``cloud.order_store``):
     # shared by every instance of the POS server; None keeps them in memory.
-    order_store: Path | None = None
+    order_store: Annotated[
+        Path | None,
+        Setting(
+            ORDER_STORE,
+            "the SQLite file of the orders this POS created, shared by its instances",
+            example="pos-orders.db",
+            set_in_example=True,
+        ),
+    ] = None
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +229,9 @@ class PosConfig:
         return self.gateway_url.rstrip("/") + ENTRY_PATH
 
 
+SCHEMA = Schema(PosConfig, wording=POS_WORDING)
+
+
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The config file to use: ``explicit``, else $SADAD_POS_CONFIG, else ./pos.toml."""
     if explicit is not None:
@@ -101,136 +239,11 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
 
 
-def _http_url(where: str, key: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            where, key, f"{value!r} is not an http(s) URL", "http://host[:port][/path]"
-        )
-    return value
-
-
-def _string(where: str, raw: dict[str, Any], key: str) -> str:
-    value = raw[key]
-    if not isinstance(value, str):
-        raise ConfigError(where, key, f"must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise ConfigError(where, key, "must not be empty")
-    return value
-
-
-def _key_file(where: str, base: Path, raw: dict[str, Any], key: str) -> bytes:
-    name = _string(where, raw, key)
-    path = Path(name).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(where, key, f"file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(where, key, f"cannot read {path}: {exc.strerror}") from None
-
-
 def load_config(path: str | os.PathLike[str] | None = None) -> PosConfig:
     """Read and check a ``pos.toml`` (see ``config_path`` for the default).
 
-    Raises ConfigError naming the file and key.
+    Raises ConfigError naming the file and key, every problem at once.
     """
     file = config_path(path)
-    where = str(file)
-    try:
-        text = file.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            where,
-            None,
-            f"config file not found; pass --config or set {ENV_VAR} "
-            "(the sandbox writes one on its first `serve`)",
-        ) from None
-    except OSError as exc:
-        raise ConfigError(where, None, f"cannot read: {exc.strerror}") from None
-    try:
-        raw = tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(where, None, "is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(where, None, f"is not valid TOML: {exc}") from None
-
-    for key in raw:
-        if key not in _REQUIRED and key not in _OPTIONAL:
-            raise ConfigError(where, key, "unknown key", _ALLOWED_KEYS)
-    for key in _REQUIRED:
-        if key not in raw:
-            raise ConfigError(where, key, "is required")
-
-    gateway_url = _http_url(where, "gateway_url", _string(where, raw, "gateway_url"))
-    app_id = _string(where, raw, "app_id")
-    merchant_no = _string(where, raw, "merchant_no")
-
-    currency = "QAR"
-    if "default_currency" in raw:
-        currency = _string(where, raw, "default_currency")
-        if currency not in CURRENCIES:
-            raise ConfigError(
-                where,
-                "default_currency",
-                f"unsupported currency {currency!r}",
-                ", ".join(sorted(CURRENCIES)),
-            )
-
-    notify_url = None
-    if "notify_url" in raw:
-        notify_url = _http_url(where, "notify_url", _string(where, raw, "notify_url"))
-
-    timeout = DEFAULT_TIMEOUT
-    if "timeout" in raw:
-        value = raw["timeout"]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(
-                where, "timeout", f"must be a number of seconds, not {type(value).__name__}"
-            )
-        if not 0 < value <= MAX_TIMEOUT:
-            raise ConfigError(
-                where, "timeout", f"{value} is out of range", f"0 < timeout <= {MAX_TIMEOUT:g}"
-            )
-        timeout = float(value)
-
-    store_no = _string(where, raw, "store_no") if "store_no" in raw else None
-
-    base = file.parent
-    order_store = None
-    if "order_store" in raw:
-        order_store = Path(_string(where, raw, "order_store")).expanduser()
-        if not order_store.is_absolute():
-            order_store = (base / order_store).absolute()
-        if order_store.is_dir():
-            raise ConfigError(where, "order_store", f"{order_store} is a directory", "a file path")
-    private_pem = _key_file(where, base, raw, "private_key_file")
-    public_pem = _key_file(where, base, raw, "gateway_public_key_file")
-    try:
-        private_key = load_private_key(private_pem)
-    except KeyLoadError as exc:
-        raise ConfigError(
-            where, "private_key_file", str(exc), "PEM (PKCS#1 or PKCS#8) or base64 PKCS#8 DER"
-        ) from None
-    try:
-        public_key = load_public_key(public_pem)
-    except KeyLoadError as exc:
-        raise ConfigError(
-            where, "gateway_public_key_file", str(exc), "PEM public key or base64 X.509 DER"
-        ) from None
-
-    return PosConfig(
-        gateway_url=gateway_url,
-        app_id=app_id,
-        merchant_no=merchant_no,
-        private_key=private_key,
-        gateway_public_key=public_key,
-        default_currency=currency,
-        notify_url=notify_url,
-        timeout=timeout,
-        store_no=store_no,
-        order_store=order_store,
-        source=file.resolve(),
-    )
+    text = SCHEMA.read(file)
+    return SCHEMA.loads(text, file=str(file), base=file.parent, extra={"source": file.resolve()})

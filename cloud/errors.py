@@ -4,6 +4,8 @@ It says who is at fault (DESIGN.md "Style"): the caller's own input
 (``ContractError`` on decode, ``SignatureError``), the far side refusing
 (``CloudRejected``: final, do not retry) or the far side being unreachable
 or answering nonsense (``CloudUnavailable``: retry what is safe to retry).
+A config file that cannot be used is a ``ConfigError``, the project's one,
+beside the schema that finds its problems (``cloud.config_schema``).
 """
 
 from __future__ import annotations
@@ -65,27 +67,6 @@ def rejection(code: str, msg: str) -> CloudRejected:
 class CloudUnavailable(SadadError):
     """The gateway could not be reached, timed out, or answered something that is
     not a valid signed response. The outcome of a non-idempotent call is unknown."""
-
-
-class ConfigError(SadadError):
-    """A configuration file is missing, unreadable or holds a wrong value.
-
-    The message names the ``path``, the ``key`` (None for the file as a
-    whole), what is wrong and, when it helps, what is ``allowed``.
-    """
-
-    def __init__(
-        self, path: str, key: str | None, problem: str, allowed: str | None = None
-    ) -> None:
-        where = path if key is None else f"{path}: {key}"
-        text = f"{where}: {problem}"
-        if allowed:
-            text += f" (allowed: {allowed})"
-        super().__init__(text)
-        self.path = path
-        self.key = key
-        self.problem = problem
-        self.allowed = allowed
 
 
 class WaitTimeout(SadadError):

@@ -38,7 +38,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Protocol
 
-from cloud.errors import ConfigError, NotOurOrder
+from cloud.config_schema import ConfigError, Problem
+from cloud.errors import NotOurOrder
 from cloud.messages import OrderInfo
 
 __all__ = [
@@ -177,7 +178,9 @@ class SqliteOrderStore:
                 check_same_thread=False,  # guarded by self._lock
             )
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(str(self.path), "order_store", f"cannot open: {exc}") from exc
+            raise ConfigError(
+                Problem(str(self.path), "order_store", f"cannot open: {exc}")
+            ) from exc
         try:
             # Set before anything that may wait for another process's lock
             # (switching to WAL does, the first time).
@@ -213,7 +216,7 @@ class SqliteOrderStore:
         except sqlite3.Error as exc:
             self._db.close()
             raise ConfigError(
-                str(self.path), "order_store", f"not a usable order store: {exc}"
+                Problem(str(self.path), "order_store", f"not a usable order store: {exc}")
             ) from exc
         self._maybe_prune()
 

@@ -64,7 +64,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sandbox.broker import BrokerError, Credentials, MosquittoBroker, port_is_free
+from sandbox.broker import BrokerError, Credentials, port_is_free
+from sandbox.broker_mosquitto import MosquittoBroker
 from sandbox.faults import DEFAULT_LATE_S, Fault, FaultTable, parse
 from sandbox.keys import DEFAULT_STORE_NAME, Layout
 from sandbox.provision import (

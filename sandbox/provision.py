@@ -39,7 +39,8 @@ from pathlib import Path
 
 import tomlkit
 
-from sandbox.broker import TMS_USER, BrokerError, MosquittoBroker, new_password, write_secret
+from sandbox.broker import TMS_USER, BrokerError, new_password, write_secret
+from sandbox.broker_mosquitto import MosquittoBroker
 from sandbox.keys import (
     DEFAULT_CURRENCY,
     DEFAULT_STORE_NAME,

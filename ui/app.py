@@ -32,6 +32,7 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
 from agent.bridge_replies import ActionReply, reply_data
+from agent.paths import SOCKET
 from ui.messages import AgentMessage, CashierIntent, OpenSetup, to_message
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.setup import SetupScreen
@@ -41,7 +42,7 @@ __all__ = ["DEFAULT_SOCKET", "CheckoutApp", "build_app", "main"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = "/run/sadad-agent/agent.sock"
+DEFAULT_SOCKET = str(SOCKET)
 INTENT_TIMEOUT = 10.0
 
 

@@ -283,11 +283,3 @@ class EventSink:
                 assert isinstance(hops, dict)
                 return hops
         return {}
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)

@@ -15,8 +15,9 @@ from agent.journal import Phase
 from agent.states import State
 from cloud import envelope
 from cloud import messages as m
-from tests.agent.simpeers import SN, SimGateway, push_order, until
+from tests.agent.simpeers import SN, SimGateway, push_order
 from tests.agent.test_engine import VISA, Rig, _make
+from tests.waiting import async_until
 
 SIXTEEN_MIN_MS = 16 * 60 * 1000
 
@@ -32,12 +33,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 async def _pay(rig: Rig, trans_no: str) -> None:
     await rig.engine.handle_push(push_order(trans_no))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     rig.nfc.present(VISA)
 
 
 async def _final(rig: Rig, trans_no: str) -> Phase:
-    await until(lambda: (row := rig.journal.get(trans_no)) is not None and row.final, timeout=10)
+    await async_until(lambda: (row := rig.journal.get(trans_no)) is not None and row.final)
     row = rig.journal.get(trans_no)
     assert row is not None
     return row.phase
@@ -56,7 +57,7 @@ async def test_earlier_genuine_answer_replayed_for_a_new_sale_is_no_answer(
 ) -> None:
     await _pay(rig, "TR1")
     assert await _final(rig, "TR1") is Phase.APPROVED
-    await until(lambda: rig.engine.state is State.IDLE)
+    await async_until(lambda: rig.engine.state is State.IDLE)
     (completed,) = [a for meth, a in rig.gateway.sent if meth == m.Method.BANKCARD_CREATE]
     # The next create never reaches the gateway: the proxy answers it with
     # TR1's genuine, correctly signed "completed".
@@ -114,7 +115,7 @@ async def test_unbound_detail_answers_keep_the_outcome_unknown_until_reversed(
     rig.gateway.fail_next.append("timeout")
     rig.gateway.rebind_next.extend({"request_no": "other"} for _ in range(200))
     await _pay(rig, "TR1")
-    await until(lambda: m.Method.TRANS_REVERSE in rig.gateway.calls, timeout=10)
+    await async_until(lambda: m.Method.TRANS_REVERSE in rig.gateway.calls)
     rig.gateway.rebind_next.clear()
     rig.gateway.rebind_next.append({"terminal_sn": "T0002"})  # the reverse's answer
     phase = await _final(rig, "TR1")
@@ -129,10 +130,10 @@ async def test_cancel_answer_bound_to_another_order_is_sent_again(rig: Rig) -> N
     # the outbox keeps the cancel and sends it again (the gateway's bound
     # refusal of the repeat, "already final", ends it).
     await rig.engine.handle_push(push_order("TR1"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     rig.gateway.rebind_next.append({"trans_no": "TR9"})
     await rig.engine.handle_intent("cancel")
-    await until(lambda: rig.gateway.calls.count(m.Method.TRANS_CANCEL) == 2, timeout=10)
-    await until(lambda: rig.journal.pending_events() == [])
+    await async_until(lambda: rig.gateway.calls.count(m.Method.TRANS_CANCEL) == 2)
+    await async_until(lambda: rig.journal.pending_events() == [])
     assert rig.gateway.status["TR1"] is m.TransStatus.CANCELLED
     assert rig.gateway.calls.count(m.Method.TRANS_CANCEL) == 2

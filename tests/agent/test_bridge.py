@@ -36,6 +36,7 @@ from agent.bridge_protocol import (
     TerminalInfo,
     encode_line,
 )
+from tests.waiting import async_until
 
 TERMINAL = TerminalInfo(sn="PP35271234567", store_name="Corner Café")
 
@@ -120,12 +121,6 @@ async def agent(sock_path: str) -> AsyncIterator[SimAgent]:
 def srv(agent: SimAgent) -> BridgeServer:
     assert agent.server is not None
     return agent.server
-
-
-async def wait_until(cond: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polling state in a test
-            await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -233,7 +228,7 @@ async def test_hello_comes_first_with_the_current_state(agent: SimAgent, sock_pa
     assert hello.snapshot.readers == readers
     assert hello.snapshot.queue == queue
     assert hello.seq > queue.seq
-    await wait_until(lambda: server.clients == 1)
+    await async_until(lambda: server.clients == 1)
     later = server.publish(QueueEvent(waiting=0))
     assert await peer.next() == later
     await peer.close()
@@ -280,9 +275,9 @@ async def test_closed_client_is_forgotten(agent: SimAgent, sock_path: str) -> No
     server = srv(agent)
     peer = await RawPeer.open(sock_path)
     await peer.next()
-    await wait_until(lambda: server.clients == 1)
+    await async_until(lambda: server.clients == 1)
     peer.writer.transport.abort()
-    await wait_until(lambda: server.clients == 0)
+    await async_until(lambda: server.clients == 0)
     server.publish(QueueEvent(waiting=1))  # no one to send to: fine
 
 
@@ -412,7 +407,7 @@ async def test_client_that_never_reads_is_dropped_and_publish_never_blocks(
 
     await healthy.connect(wait=5)
     consumer = asyncio.create_task(consume())
-    await wait_until(lambda: server.clients == 2 and len(received) == 1)
+    await async_until(lambda: server.clients == 2 and len(received) == 1)
 
     filler = "x" * 4000
     published: list[ScreenEvent] = []
@@ -430,7 +425,7 @@ async def test_client_that_never_reads_is_dropped_and_publish_never_blocks(
     assert len(published) > 256  # its socket buffer and queue filled first
 
     published.append(server.publish(ScreenEvent(screen=Screen.IDLE)))
-    await wait_until(lambda: len(received) == 1 + len(published))
+    await async_until(lambda: len(received) == 1 + len(published))
     assert received[1:] == published  # the healthy client missed nothing
     seqs = [e.seq for e in received]
     assert seqs == sorted(set(seqs))

@@ -29,6 +29,7 @@ from agent.bridge_protocol import (
     TerminalInfo,
 )
 from agent.bridge_replies import StatusReply
+from tests.waiting import async_until
 
 
 class SimAgent:
@@ -77,12 +78,6 @@ async def client(sock_path: str) -> AsyncIterator[BridgeClient]:
 async def take(it: AsyncIterator[ClientEvent], timeout: float = 5.0) -> ClientEvent:
     async with asyncio.timeout(timeout):
         return await anext(it)
-
-
-async def wait_until(cond: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polling state in a test
-            await asyncio.sleep(0.01)
 
 
 async def test_hello_then_events_then_request(agent: SimAgent, client: BridgeClient) -> None:
@@ -149,7 +144,7 @@ async def test_pending_request_fails_when_the_agent_goes(
 ) -> None:
     await client.connect(wait=5)
     pending = asyncio.create_task(client.request("cancel", trans_no="hang"))
-    await wait_until(lambda: len(agent.intents) == 1)
+    await async_until(lambda: len(agent.intents) == 1)
     await agent.server.close()
     with pytest.raises(ConnectionLost):
         await pending
@@ -207,7 +202,7 @@ async def test_late_subscriber_starts_with_current_state(
 ) -> None:
     await client.connect(wait=5)
     last = agent.server.publish(ScreenEvent(screen=Screen.RESULT, message="Approved"))
-    await wait_until(lambda: client.state is not None and client.state.seq == last.seq)
+    await async_until(lambda: client.state is not None and client.state.seq == last.seq)
     events = client.events()
     first = await take(events)
     assert isinstance(first, HelloEvent)
@@ -223,7 +218,7 @@ async def test_lagging_subscriber_gets_the_state_instead_of_a_backlog(
         await client.connect(wait=5)
         events = client.events()
         sent = [agent.server.publish(QueueEvent(waiting=n)) for n in range(50)]
-        await wait_until(lambda: client.state is not None and client.state.seq == sent[-1].seq)
+        await async_until(lambda: client.state is not None and client.state.seq == sent[-1].seq)
         got: list[ClientEvent] = []
         while len(got) < 4 and not (got and got[-1] == client.state):
             got.append(await take(events))

@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent import config as c
+from agent import paths
 from agent.config import (
-    DEFAULT_JOURNAL,
-    DEFAULT_SOCKET,
-    EXIT_CONFIG,
     ConfigError,
     MqttConfig,
     check_files,
@@ -22,7 +20,9 @@ from agent.config import (
     technician_pin_hash,
     trust_problems,
 )
+from agent.config_docs import REGENERATE
 from agent.technician import hash_pin
+from cloud.config_schema import EX_CONFIG
 from cloud.errors import SadadError
 from cloud.signing import generate_key_pem
 
@@ -103,8 +103,8 @@ def test_relative_config_path_resolves_against_its_own_directory(
 def test_defaults_for_optional_sections() -> None:
     text = GOOD.split("[journal]")[0]
     cfg = loads_config(text, base_dir=Path("/etc/sadad-agent"))
-    assert cfg.journal.path == DEFAULT_JOURNAL
-    assert cfg.ui.socket == DEFAULT_SOCKET
+    assert cfg.journal.path == paths.JOURNAL
+    assert cfg.ui.socket == paths.SOCKET
     assert cfg.ui.result_seconds == 4.0
     assert cfg.readers == {}
     assert cfg.terminal.private_key_file == Path("/etc/sadad-agent/keys/terminal_private.pem")
@@ -409,7 +409,7 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
 
 def test_error_class_and_exit_code(tmp_path: Path) -> None:
     assert issubclass(ConfigError, SadadError)
-    assert EXIT_CONFIG == ConfigError.exit_code == 78
+    assert EX_CONFIG == ConfigError.exit_code == 78
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match=r"nope\.toml: cannot read: No such file or directory"):
         load_config(missing)
@@ -420,7 +420,7 @@ def test_error_class_and_exit_code(tmp_path: Path) -> None:
 
 
 def test_default_path() -> None:
-    assert Path("/etc/sadad-agent/agent.toml") == c.DEFAULT_PATH
+    assert Path("/etc/sadad-agent/agent.toml") == paths.CONFIG_FILE
 
 
 def test_mqtt_urls() -> None:
@@ -616,7 +616,9 @@ def test_example_loads_and_is_the_shipped_file() -> None:
     full = loads_config(uncommented, base_dir=Path("/etc/sadad-agent"))
     assert full.mqtt.cert_file == Path("/etc/sadad-agent/terminal.crt")
     assert set(full.readers) == {"nfc", "card", "qr"}
-    assert (REPO / "systemd" / "agent.toml.example").read_text("utf-8") == text
+    assert (REPO / "systemd" / "agent.toml.example").read_text("utf-8") == text, (
+        f"systemd/agent.toml.example is out of date: run `{REGENERATE}`"
+    )
 
 
 @pytest.mark.parametrize(

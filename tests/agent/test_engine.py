@@ -31,8 +31,8 @@ from tests.agent.simpeers import (
     SimReader,
     push_close,
     push_order,
-    until,
 )
+from tests.waiting import async_until
 
 VISA = CardRead(
     entry_mode=EntryMode.CONTACTLESS,
@@ -121,11 +121,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 async def test_sale_by_card_approved_and_reported(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR1"))
     assert rig.phase("TR1") is not None  # journaled before handle_push returned
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     assert rig.nfc.armed is not None
     assert str(rig.nfc.armed.amount) == "12.50"
     rig.nfc.present(VISA)
-    await until(lambda: "paid" in rig.sink.kinds("TR1"))
+    await async_until(lambda: "paid" in rig.sink.kinds("TR1"))
     assert rig.phase("TR1") is Phase.APPROVED
     assert rig.gateway.charges == ["TR1"]
     assert rig.gateway.seen_pans == ["4761739001010010"]
@@ -143,7 +143,7 @@ async def test_sale_by_card_approved_and_reported(rig: Rig) -> None:
     result = [s for s in rig.screens if s.screen is m.Screen.RESULT][-1]
     assert result.result is not None
     assert result.result.outcome == "approved"
-    await until(lambda: rig.engine.state is State.IDLE)
+    await async_until(lambda: rig.engine.state is State.IDLE)
 
 
 async def test_wallet_and_decline_reason(tmp_path: Path) -> None:
@@ -151,9 +151,9 @@ async def test_wallet_and_decline_reason(tmp_path: Path) -> None:
     r = await _make(tmp_path / "j.db", gw)
     try:
         await r.engine.handle_push(push_order("TR2"))
-        await until(lambda: r.scanner.armed is not None)
+        await async_until(lambda: r.scanner.armed is not None)
         r.scanner.present(WECHAT)
-        await until(lambda: "failed" in r.sink.kinds("TR2"))
+        await async_until(lambda: "failed" in r.sink.kinds("TR2"))
         row = r.journal.get("TR2")
         assert row is not None
         assert row.phase is Phase.DECLINED
@@ -170,9 +170,9 @@ async def test_duplicate_push_processed_once(rig: Rig) -> None:
     await rig.engine.handle_push(payload)
     await rig.engine.handle_push(push_order("TR3", message_id="other-id"))
     assert list(rig.engine.queue) in ([], ["TR3"])
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     rig.nfc.present(VISA)
-    await until(lambda: rig.phase("TR3") is Phase.APPROVED)
+    await async_until(lambda: rig.phase("TR3") is Phase.APPROVED)
     assert rig.gateway.charges == ["TR3"]
     assert rig.sink.kinds("TR3").count("received") == 1
 
@@ -226,40 +226,40 @@ async def test_push_fsynced_by_itself_when_the_worker_is_slow(
     sync = GatedSync(rig.journal)
     monkeypatch.setattr(rig.journal, "sync", sync)
     task = asyncio.create_task(rig.engine.handle_push(push_order("TR1")))
-    await until(lambda: sync.calls == 1)
+    await async_until(lambda: sync.calls == 1)
     await asyncio.sleep(0.05)
     assert not task.done()  # not durable yet: no PUBACK
     sync.gate.set()
     await asyncio.wait_for(task, 5)
     assert not rig.journal.unsynced
     offer_gate.set()
-    await until(lambda: any(s.order is not None for s in rig.screens))
+    await async_until(lambda: any(s.order is not None for s in rig.screens))
 
 
 async def test_outbox_waits_for_the_push_fsync(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy terminal's push: its ``received`` and ``busy`` events do not
     leave before the push is durable, even when the outbox wakes meanwhile."""
     await rig.engine.handle_push(push_order("A"))
-    await until(lambda: rig.nfc.armed is not None)
-    await until(lambda: "displayed" in rig.sink.kinds("A"))
+    await async_until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: "displayed" in rig.sink.kinds("A"))
     sync = GatedSync(rig.journal)
     monkeypatch.setattr(rig.journal, "sync", sync)
     task = asyncio.create_task(rig.engine.handle_push(push_order("B")))
-    await until(lambda: rig.engine.queue == deque(["B"]))
+    await async_until(lambda: rig.engine.queue == deque(["B"]))
     rig.engine.outbox.wake()
     await asyncio.sleep(0.1)
     assert rig.sink.kinds("B") == []
     assert not task.done()
     sync.gate.set()
     await asyncio.wait_for(task, 5)
-    await until(lambda: rig.sink.kinds("B") == ["received", "busy"])
+    await async_until(lambda: rig.sink.kinds("B") == ["received", "busy"])
 
 
 async def test_push_not_acknowledged_when_its_fsync_fails(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await rig.engine.handle_push(push_order("A"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
 
     def failing() -> None:
         raise JournalError("journal sync failed: [Errno 5] Input/output error")
@@ -281,7 +281,7 @@ async def test_push_not_acknowledged_when_its_fsync_fails(
 async def test_bad_pushes_rejected_never_shown(rig: Rig, payload: object, reason: str) -> None:
     assert callable(payload)
     await rig.engine.handle_push(payload())
-    await until(lambda: "rejected" in rig.sink.kinds())
+    await async_until(lambda: "rejected" in rig.sink.kinds())
     assert rig.sink.events[-1].reason == reason
     assert all(s.screen is m.Screen.IDLE for s in rig.screens)
     assert rig.journal.open_transactions() == []
@@ -289,20 +289,20 @@ async def test_bad_pushes_rejected_never_shown(rig: Rig, payload: object, reason
 
 async def test_queue_fifo_and_filo_with_busy_event(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("A"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     await rig.engine.handle_push(push_order("B"))
     await rig.engine.handle_push(push_order("C", order_queue_mode=m.QueueMode.FILO))
     assert list(rig.engine.queue) == ["C", "B"]
     order = []
     for _ in range(3):
-        await until(lambda: rig.nfc.armed is not None and rig.engine.current is not None)
+        await async_until(lambda: rig.nfc.armed is not None and rig.engine.current is not None)
         assert rig.engine.current is not None
         order.append(rig.engine.current.tx.trans_no)
         rig.nfc.present(VISA)
-        await until(lambda: rig.engine.state is State.APPROVED)
-        await until(lambda: rig.engine.state is not State.APPROVED)
+        await async_until(lambda: rig.engine.state is State.APPROVED)
+        await async_until(lambda: rig.engine.state is not State.APPROVED)
     assert order == ["A", "C", "B"]
-    await until(lambda: "busy" in rig.sink.kinds("B"))
+    await async_until(lambda: "busy" in rig.sink.kinds("B"))
     busy = {e.trans_no: e.reason for e in rig.sink.events if e.event is m.EventKind.BUSY}
     # B queued behind A: next; C (FILO) jumped ahead of B: next too.
     assert busy == {"B": "queue position 1", "C": "queue position 1"}
@@ -310,11 +310,11 @@ async def test_queue_fifo_and_filo_with_busy_event(rig: Rig) -> None:
 
 async def test_cashier_cancel_cancels_at_gateway(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR4"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     assert (await rig.engine.handle_intent("cancel")).accepted
-    await until(lambda: "cancelled" in rig.sink.kinds("TR4"))
+    await async_until(lambda: "cancelled" in rig.sink.kinds("TR4"))
     assert rig.phase("TR4") is Phase.CANCELLED
-    await until(lambda: rig.gateway.status.get("TR4") is m.TransStatus.CANCELLED)
+    await async_until(lambda: rig.gateway.status.get("TR4") is m.TransStatus.CANCELLED)
     assert rig.nfc.armed is None
 
 
@@ -325,13 +325,13 @@ async def test_cancel_reaches_gateway_while_link_is_down(tmp_path: Path) -> None
     try:
         r.sink.up = False
         await r.engine.handle_push(push_order("TR9"))
-        await until(lambda: r.nfc.armed is not None)
+        await async_until(lambda: r.nfc.armed is not None)
         assert (await r.engine.handle_intent("cancel")).accepted
-        await until(lambda: r.gateway.status.get("TR9") is m.TransStatus.CANCELLED)
+        await async_until(lambda: r.gateway.status.get("TR9") is m.TransStatus.CANCELLED)
         assert r.sink.kinds("TR9") == []
         r.sink.up = True
         r.engine.outbox.wake()  # what the service does when the link connects
-        await until(lambda: r.sink.kinds("TR9") == ["received", "displayed", "cancelled"])
+        await async_until(lambda: r.sink.kinds("TR9") == ["received", "displayed", "cancelled"])
     finally:
         await r.engine.stop()
         r.journal.close()
@@ -339,48 +339,48 @@ async def test_cancel_reaches_gateway_while_link_is_down(tmp_path: Path) -> None
 
 async def test_confirm_on_terminal(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR5", confirm_on_terminal=True))
-    await until(lambda: rig.engine.state is State.OFFERED)
+    await async_until(lambda: rig.engine.state is State.OFFERED)
     assert rig.screens[-1].screen is m.Screen.WAITING_FOR_CONFIRM
     assert rig.nfc.armed is None
     await rig.engine.handle_intent("confirm")
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
 
 
 async def test_cloud_close_while_waiting(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR6"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     await rig.engine.handle_push(push_close("TR6"))
-    await until(lambda: rig.phase("TR6") is Phase.CLOSED)
-    await until(lambda: "closed" in rig.sink.kinds("TR6"))
+    await async_until(lambda: rig.phase("TR6") is Phase.CLOSED)
+    await async_until(lambda: "closed" in rig.sink.kinds("TR6"))
     assert rig.gateway.charges == []
 
 
 async def test_close_of_queued_order(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("Q1"))
     await rig.engine.handle_push(push_order("Q2"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     await rig.engine.handle_push(push_close("Q2"))
-    await until(lambda: rig.phase("Q2") is Phase.CLOSED)
+    await async_until(lambda: rig.phase("Q2") is Phase.CLOSED)
     assert "Q2" not in rig.engine.queue
 
 
 async def test_expiry(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR7", expires_in_ms=300))
-    await until(lambda: rig.phase("TR7") is Phase.EXPIRED, timeout=3)
-    await until(lambda: rig.sink.kinds("TR7")[-1:] == ["failed"])
+    await async_until(lambda: rig.phase("TR7") is Phase.EXPIRED)
+    await async_until(lambda: rig.sink.kinds("TR7")[-1:] == ["failed"])
     assert m.Method.TRANS_CANCEL not in rig.gateway.calls  # the gateway expires it itself
 
 
 async def test_tap_again_after_card_gone_and_chip_swipe(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR8"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     rig.nfc.present(CardGone("card removed"))
-    await until(lambda: any(s.message and "tap again" in s.message for s in rig.screens))
+    await async_until(lambda: any(s.message and "tap again" in s.message for s in rig.screens))
     rig.msr.present(CHIP_SWIPE)
-    await until(lambda: any(s.message and "chip" in s.message for s in rig.screens))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: any(s.message and "chip" in s.message for s in rig.screens))
+    await async_until(lambda: rig.nfc.armed is not None)
     rig.nfc.present(VISA)
-    await until(lambda: rig.phase("TR8") is Phase.APPROVED)
+    await async_until(lambda: rig.phase("TR8") is Phase.APPROVED)
     assert rig.gateway.seen_pans == ["4761739001010010"]
 
 
@@ -392,9 +392,9 @@ async def test_unknown_outcome_resolved_by_detail_never_paid_twice(
     r = await _make(tmp_path / "j.db", gw)
     try:
         await r.engine.handle_push(push_order("TR9"))
-        await until(lambda: r.nfc.armed is not None)
+        await async_until(lambda: r.nfc.armed is not None)
         r.nfc.present(VISA)
-        await until(lambda: r.phase("TR9") is Phase.APPROVED)
+        await async_until(lambda: r.phase("TR9") is Phase.APPROVED)
         assert gw.charges == ["TR9"]
         assert gw.calls.count(m.Method.BANKCARD_CREATE) == 1
         assert m.Method.TRANS_DETAIL in gw.calls
@@ -408,9 +408,9 @@ async def test_gateway_down_resolved_by_reverse(tmp_path: Path) -> None:
     r = await _make(tmp_path / "j.db", gw, resolve_deadline=0.0)
     try:
         await r.engine.handle_push(push_order("TR10"))
-        await until(lambda: r.nfc.armed is not None)
+        await async_until(lambda: r.nfc.armed is not None)
         r.nfc.present(VISA)
-        await until(lambda: r.phase("TR10") is Phase.CANCELLED)
+        await async_until(lambda: r.phase("TR10") is Phase.CANCELLED)
         assert gw.charges == []  # reversed
         assert m.Method.TRANS_REVERSE in gw.calls
         assert gw.calls.count(m.Method.BANKCARD_CREATE) == 1
@@ -435,7 +435,7 @@ async def test_restart_with_unanswered_attempt_resolves_before_taking_pushes(
         assert r.phase("TR11") is Phase.APPROVED  # settled during recover()
         assert gw.calls == [m.Method.TRANS_DETAIL]
         assert gw.charges == ["TR11"]
-        await until(lambda: "paid" in r.sink.kinds("TR11"))
+        await async_until(lambda: "paid" in r.sink.kinds("TR11"))
     finally:
         await r.engine.stop()
         r.journal.close()
@@ -461,12 +461,12 @@ async def test_restart_reoffers_unpaid_order(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     r = await _make(path, SimGateway())
     await r.engine.handle_push(push_order("TR13"))
-    await until(lambda: r.nfc.armed is not None)
+    await async_until(lambda: r.nfc.armed is not None)
     await r.engine.stop()
     r.journal.close()
     r2 = await _make(path, r.gateway)
     try:
-        await until(lambda: r2.nfc.armed is not None)
+        await async_until(lambda: r2.nfc.armed is not None)
         assert r2.engine.current is not None
         assert r2.engine.current.tx.trans_no == "TR13"
     finally:
@@ -477,12 +477,12 @@ async def test_restart_reoffers_unpaid_order(tmp_path: Path) -> None:
 async def test_events_wait_for_the_link(rig: Rig) -> None:
     rig.sink.up = False
     await rig.engine.handle_push(push_order("TR14"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     rig.nfc.present(VISA)
-    await until(lambda: rig.phase("TR14") is Phase.APPROVED)
+    await async_until(lambda: rig.phase("TR14") is Phase.APPROVED)
     assert rig.sink.events == []
     rig.sink.up = True
-    await until(lambda: "paid" in rig.sink.kinds("TR14"))
+    await async_until(lambda: "paid" in rig.sink.kinds("TR14"))
 
 
 async def _seed_attempt(j: Journal, gw: SimGateway, trans_no: str, *, charged: bool) -> None:
@@ -513,9 +513,9 @@ async def _seed_attempt(j: Journal, gw: SimGateway, trans_no: str, *, charged: b
 async def test_tip_is_not_added_to_the_order_amount_sent(rig: Rig) -> None:
     """The cashier create carries the order amount; the gateway knows the tip."""
     await rig.engine.handle_push(push_order("TR15", tip_amount=Decimal("2.00")))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     assert rig.nfc.armed is not None
     assert rig.nfc.armed.amount == Decimal("14.50")  # the card is asked for the total
     rig.nfc.present(VISA)
-    await until(lambda: rig.phase("TR15") is Phase.APPROVED)
+    await async_until(lambda: rig.phase("TR15") is Phase.APPROVED)
     assert rig.gateway.amounts == ["12.50"]

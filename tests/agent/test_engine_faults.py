@@ -22,8 +22,9 @@ from agent.journal import Journal, Phase
 from agent.states import State
 from cloud import messages as m
 from drivers.base import CardRead, EntryMode
-from tests.agent.simpeers import SimGateway, push_close, push_order, until
+from tests.agent.simpeers import SimGateway, push_close, push_order
 from tests.agent.test_engine import VISA, Rig, _make
+from tests.waiting import async_until
 
 # The gateway's status that must go with each final phase.
 AGREES = {
@@ -42,8 +43,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     r.journal.close()
 
 
-async def _final(rig: Rig, trans_no: str, timeout: float = 10) -> Phase:
-    await until(lambda: (row := rig.journal.get(trans_no)) is not None and row.final, timeout)
+async def _final(rig: Rig, trans_no: str) -> Phase:
+    await async_until(lambda: (row := rig.journal.get(trans_no)) is not None and row.final)
     row = rig.journal.get(trans_no)
     assert row is not None
     return row.phase
@@ -51,17 +52,17 @@ async def _final(rig: Rig, trans_no: str, timeout: float = 10) -> Phase:
 
 async def _pay(rig: Rig, trans_no: str, card: CardRead = VISA) -> Phase:
     await rig.engine.handle_push(push_order(trans_no))
-    await until(lambda: rig.nfc.armed is not None and rig.engine.current is not None)
+    await async_until(lambda: rig.nfc.armed is not None and rig.engine.current is not None)
     rig.nfc.present(card)
     return await _final(rig, trans_no)
 
 
 async def _idle(rig: Rig) -> None:
-    await until(lambda: rig.engine.current is None and rig.engine.state is State.IDLE)
+    await async_until(lambda: rig.engine.current is None and rig.engine.state is State.IDLE)
 
 
 async def _gateway_final(rig: Rig, trans_no: str) -> m.TransStatus:
-    await until(lambda: rig.gateway.status.get(trans_no, m.TransStatus.PREORDER).is_final)
+    await async_until(lambda: rig.gateway.status.get(trans_no, m.TransStatus.PREORDER).is_final)
     return rig.gateway.status[trans_no]
 
 
@@ -86,13 +87,13 @@ async def test_an_exception_in_any_state_ends_the_order_and_the_next_is_paid(
         rig.gateway.fail_next.append("timeout")  # no charge, outcome unknown
     await rig.engine.handle_push(push_order("TR1"))
     if step not in ("offered", "awaiting_payment"):
-        await until(lambda: rig.nfc.armed is not None)
+        await async_until(lambda: rig.nfc.armed is not None)
         rig.nfc.present(VISA)
     assert await _final(rig, "TR1") is ends
     assert await _gateway_final(rig, "TR1") is AGREES[ends]  # the gateway agrees
     assert rig.gateway.charges.count("TR1") == (1 if ends is Phase.APPROVED else 0)
     assert {step} == faults._FAILED_AT  # it did fire
-    await until(lambda: rig.journal.pending_events() == [])  # reported
+    await async_until(lambda: rig.journal.pending_events() == [])  # reported
     await _idle(rig)
     rig.nfc.armed = None
     assert await _pay(rig, "TR2") is Phase.APPROVED
@@ -133,11 +134,11 @@ async def test_the_cashier_can_cancel_while_the_payment_is_out(tmp_path: Path) -
     rig = await _make(tmp_path / "journal.db", gateway, authorize_deadline=60)
     try:
         await rig.engine.handle_push(push_order("TR1"))
-        await until(lambda: rig.nfc.armed is not None)
+        await async_until(lambda: rig.nfc.armed is not None)
         rig.nfc.present(VISA)
-        await until(lambda: rig.engine.state is State.AUTHORIZING)
+        await async_until(lambda: rig.engine.state is State.AUTHORIZING)
         assert await rig.engine.handle_intent("cancel") == ActionReply(accepted=True)
-        assert await _final(rig, "TR1", timeout=5) is Phase.CANCELLED
+        assert await _final(rig, "TR1") is Phase.CANCELLED
         assert m.Method.TRANS_REVERSE in gateway.calls  # reversed, not left to complete
         assert gateway.status["TR1"] is m.TransStatus.CANCELLED
     finally:
@@ -170,7 +171,7 @@ async def test_a_decline_message_with_a_card_number_is_kept_masked(rig: Rig) -> 
     assert row.reason == "Card 476173******0010 blocked[2J by issuer"
     (result,) = [s.result for s in rig.screens if s.result is not None]
     assert result.reason == row.reason
-    await until(lambda: "failed" in rig.sink.kinds("TR1"))
+    await async_until(lambda: "failed" in rig.sink.kinds("TR1"))
     assert rig.sink.events[-1].reason == row.reason
     await _idle(rig)
     rig.nfc.armed = None
@@ -182,7 +183,7 @@ async def test_a_journaled_close_is_applied_after_a_crash(tmp_path: Path) -> Non
     path = tmp_path / "journal.db"
     rig = await _make(path, SimGateway())
     await rig.engine.handle_push(push_order("TR1"))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     # The close is journaled (and so acknowledged) but the agent dies before
     # its worker applies it: nothing but the journal survives.
     rig.engine._inbox.put_nowait = lambda item: None  # type: ignore[method-assign]
@@ -214,7 +215,7 @@ async def test_a_stuck_worker_stops_the_watchdog(tmp_path: Path) -> None:
         rig.engine._inbox.put_nowait(OfferNext())
         await asyncio.sleep(0.05)
         assert not rig.engine.stalled()
-        await until(rig.engine.stalled, timeout=2)
+        await async_until(rig.engine.stalled)
         assert rig.engine.tasks_alive()  # alive, and yet not healthy
     finally:
         await rig.engine.stop()

@@ -24,8 +24,9 @@ from agent.reject_reports import RejectReports
 from cloud import envelope
 from cloud import messages as m
 from cloud.signing import generate_key_pem
-from tests.agent.simpeers import GW_PUBLIC, SN, SimGateway, push_order, until
+from tests.agent.simpeers import GW_PUBLIC, SN, SimGateway, push_order
 from tests.agent.test_engine import VISA, Rig, _make
+from tests.waiting import async_until
 
 GOOD = push_order("GOOD").decode()
 OTHER_KEY, _ = generate_key_pem()
@@ -116,11 +117,11 @@ def _reported(rig: Rig) -> int:
 
 async def _pay(rig: Rig, trans_no: str) -> None:
     await rig.engine.handle_push(push_order(trans_no))
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     rig.nfc.present(VISA)
-    await until(lambda: (row := rig.journal.get(trans_no)) is not None and row.final)
+    await async_until(lambda: (row := rig.journal.get(trans_no)) is not None and row.final)
     assert rig.phase(trans_no) is Phase.APPROVED
-    await until(lambda: rig.engine.current is None)
+    await async_until(lambda: rig.engine.current is None)
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
@@ -128,7 +129,7 @@ async def test_hostile_push_is_rejected_and_the_next_order_paid(rig: Rig, kind: 
     make, reason = HOSTILE[kind]
     payload = make()
     await rig.engine.handle_push(payload)  # returns: the link acknowledges it
-    await until(lambda: _reported(rig) == 1)
+    await async_until(lambda: _reported(rig) == 1)
     (event,) = [e for e in rig.sink.events if e.event is m.EventKind.REJECTED]
     assert event.reason == reason
     assert event.message_id.startswith("rejected-")  # never the sender's claim
@@ -172,7 +173,7 @@ async def test_oversize_push_is_refused_unread(rig: Rig) -> None:
     genuine = push_order("TR1", message_id="m-9")
     padded = genuine[:-1] + b" " * m.MAX_PUSH_BYTES + b"}"
     await rig.engine.handle_push(padded)
-    await until(lambda: _reported(rig) == 1)
+    await async_until(lambda: _reported(rig) == 1)
     assert rig.sink.events[-1].reason == "too_large"
     assert rig.journal.get("TR1") is None
     assert not rig.journal.seen_push("m-9")
@@ -184,11 +185,11 @@ async def test_forged_push_cannot_claim_a_genuine_message_id(rig: Rig) -> None:
     genuine = push_order("TR1", message_id="m-42")
     forged = genuine.replace(b"12.50", b"0.01")  # same message_id, signature broken
     await rig.engine.handle_push(forged)
-    await until(lambda: _reported(rig) == 1)
+    await async_until(lambda: _reported(rig) == 1)
     assert rig.sink.events[-1].message_id != "m-42"
     await rig.engine.handle_push(genuine)  # the real one, later
     assert rig.journal.get("TR1") is not None
-    await until(lambda: rig.nfc.armed is not None)
+    await async_until(lambda: rig.nfc.armed is not None)
     assert rig.nfc.armed is not None
     assert str(rig.nfc.armed.amount) == "12.50"
 
@@ -197,7 +198,7 @@ async def test_genuine_push_refused_is_reported_once_under_its_own_id(rig: Rig) 
     expired = push_order("TR1", message_id="m-7", expires_in_ms=-1)
     for _ in range(3):  # the broker delivers it again
         await rig.engine.handle_push(expired)
-    await until(lambda: _reported(rig) == 1)
+    await async_until(lambda: _reported(rig) == 1)
     (event,) = [e for e in rig.sink.events if e.event is m.EventKind.REJECTED]
     assert (event.message_id, event.reason) == ("m-7", "expired")
 
@@ -210,7 +211,7 @@ async def test_a_flood_is_reported_at_a_bounded_rate_and_counted(tmp_path: Path)
             await rig.engine.handle_push(b"garbage %d" % i)
         events = [e for e in rig.sink.events if e.event is m.EventKind.REJECTED]
         assert len(events) <= 4  # the burst, then held
-        await until(lambda: _reported(rig) == 200)  # the timer reports the rest
+        await async_until(lambda: _reported(rig) == 200)  # the timer reports the rest
         events = [e for e in rig.sink.events if e.event is m.EventKind.REJECTED]
         assert len(events) < 10
         assert "more rejected since the last report" in (events[-1].reason or "")
@@ -229,7 +230,7 @@ async def test_a_bug_on_a_genuine_push_is_a_rejection_not_a_stall(
 
     monkeypatch.setattr(rig.journal, "record_order", broken)
     await rig.engine.handle_push(push_order("TR1"))  # does not raise: acknowledged
-    await until(lambda: _reported(rig) == 1)
+    await async_until(lambda: _reported(rig) == 1)
     event = rig.sink.events[-1]
     # Signed by the gateway: reported under its own id, so the TMS knows which.
     assert (event.message_id, event.reason) == ("msg-TR1", "internal_error")
@@ -282,13 +283,13 @@ async def test_stop_reports_what_was_held(tmp_path: Path) -> None:
     rig = await _make(path, SimGateway(), reject_reports=RejectReports(burst=1, interval=60))
     for i in range(5):
         await rig.engine.handle_push(b"garbage %d" % i)
-    await until(lambda: _reported(rig) == 1)
+    await async_until(lambda: _reported(rig) == 1)
     await rig.engine.stop()
     await rig.engine.gateway.aclose()
     rig.journal.close()
     again = await _make(path, SimGateway())
     try:
-        await until(lambda: _reported(again) == 4)
+        await async_until(lambda: _reported(again) == 4)
         (event,) = [e for e in again.sink.events if e.event is m.EventKind.REJECTED]
         assert event.reason == "malformed (+3 more rejected since the last report)"
     finally:

@@ -19,10 +19,11 @@ from agent.journal import Journal, Phase
 from agent.phases import FINAL_PHASES, phase_verdict
 from cloud import messages as m
 from cloud.status_rules import Verdict
-from tests.agent.simpeers import SimGateway, push_order, until
+from tests.agent.simpeers import SimGateway, push_order
 from tests.agent.test_engine import VISA, _make
 from tests.agent.test_journal import _order
 from tests.log_records import log_records
+from tests.waiting import async_until
 
 WAITING = (Phase.OFFERED, Phase.AWAITING_PAYMENT)
 RANK = {
@@ -205,12 +206,12 @@ async def test_engine_shows_the_journaled_outcome_not_a_refused_one(
     rig = await _make(tmp_path / "journal.db", SimGateway())
     try:
         await rig.engine.handle_push(push_order("TR1"))
-        await until(lambda: rig.nfc.armed is not None)
+        await async_until(lambda: rig.nfc.armed is not None)
         # Another writer made it final while the card was awaited.
         assert rig.journal.finish("TR1", Phase.CLOSED, reason="Closed by the POS")
         with caplog.at_level(logging.ERROR):
             rig.nfc.present(VISA)
-            await until(lambda: any(s.screen is m.Screen.RESULT for s in rig.screens))
+            await async_until(lambda: any(s.screen is m.Screen.RESULT for s in rig.screens))
         result = next(s for s in rig.screens if s.screen is m.Screen.RESULT).result
         assert result is not None
         assert (result.outcome, result.reason) == ("closed", "Closed by the POS")

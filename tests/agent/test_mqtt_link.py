@@ -33,7 +33,8 @@ from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.mqtt_link import ConnectionState, LinkDown, MqttLink
 from cloud.messages import MAX_PUSH_BYTES, Screen, TerminalStatus
-from sandbox.broker import MosquittoBroker, find_mosquitto, free_port
+from sandbox.broker import free_port
+from sandbox.broker_mosquitto import MosquittoBroker, find_mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
 SN = "T0001"

@@ -31,6 +31,7 @@ from agent.service import AgentService
 from agent.setup_access import SetupAccess
 from agent.technician import hash_pin
 from tests.agent.simpeers import GW_PUBLIC, SN, TERM_PRIVATE, SimGateway
+from tests.waiting import async_until
 
 
 class Ui:
@@ -89,9 +90,7 @@ async def service(tmp_path: Path) -> AsyncIterator[AgentService]:
 
 
 async def wait_for_screen(svc: AgentService, screen: str) -> None:
-    async with asyncio.timeout(5):
-        while svc.status().screen != screen:  # noqa: ASYNC110 - the agent's state
-            await asyncio.sleep(0.01)
+    await async_until(lambda: svc.status().screen == screen, f"the agent's screen {screen}")
 
 
 async def test_a_ui_killed_in_setup_takes_setup_with_it(service: AgentService) -> None:

@@ -44,8 +44,8 @@ from benchmarks.stamps import (
     realtime_offset_ns,
     recv_stamped,
 )
-from sandbox.broker import MosquittoBroker
-from tests.integration.conftest import wait_until
+from sandbox.broker_mosquitto import MosquittoBroker
+from tests.waiting import until
 
 TERMINAL = TerminalInfo(sn="BENCH0001")
 
@@ -164,17 +164,11 @@ def test_the_stamp_is_the_kernel_receive_time_not_the_read() -> None:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path_factory.mktemp("broker")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def publisher(broker: MosquittoBroker) -> Iterator[mqtt.Client]:
+def publisher(module_broker: MosquittoBroker) -> Iterator[mqtt.Client]:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:6]}")
     ready = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: ready.set()
-    client.connect(broker.host, broker.port)
+    client.connect(module_broker.host, module_broker.port)
     client.loop_start()
     assert ready.wait(5)
     yield client
@@ -188,8 +182,10 @@ def topic() -> str:
 
 
 @pytest.fixture
-def tap(broker: MosquittoBroker, topic: str) -> Iterator[StampedSubscriber]:
-    sub = StampedSubscriber(broker.host, broker.port, [topic, f"{topic}/other"], name="test")
+def tap(module_broker: MosquittoBroker, topic: str) -> Iterator[StampedSubscriber]:
+    sub = StampedSubscriber(
+        module_broker.host, module_broker.port, [topic, f"{topic}/other"], name="test"
+    )
     yield sub
     sub.close()
 
@@ -245,19 +241,19 @@ def test_long_payloads_arrive_whole(
 
 
 def test_the_session_is_clean_without_keepalive_and_close_disconnects(
-    broker: MosquittoBroker, topic: str
+    module_broker: MosquittoBroker, topic: str
 ) -> None:
-    sub = StampedSubscriber(broker.host, broker.port, [topic], name="idcheck")
+    sub = StampedSubscriber(module_broker.host, module_broker.port, [topic], name="idcheck")
     assert sub.client_id.startswith("bench-idcheck-")
     sub.close()
     sub.close()  # twice is fine
 
     def logged(text: str) -> bool:
-        return text in broker.log_path.read_text()
+        return text in module_broker.log_path.read_text()
 
     # MQTT 3.1.1 (p2), clean session (c1), keepalive off (k0); a DISCONNECT, not a drop.
-    wait_until(lambda: logged(f"as {sub.client_id} (p2, c1, k0)."))
-    wait_until(lambda: logged(f"Client {sub.client_id} disconnected."))
+    until(lambda: logged(f"as {sub.client_id} (p2, c1, k0)."))
+    until(lambda: logged(f"Client {sub.client_id} disconnected."))
 
 
 # ---------------------------------------------------------------- refusals, from a scripted broker

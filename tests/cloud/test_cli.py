@@ -178,17 +178,17 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "exit codes: 0 paid/success" in capsys.readouterr().out
 
 
-def test_config_errors_exit_2(
+def test_config_errors_exit_78(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.toml"
     monkeypatch.setenv("SADAD_POS_CONFIG", str(missing))
-    assert cli.main(["--json", "query", "--order-no", "A-1"]) == 2
+    assert cli.main(["--json", "query", "--order-no", "A-1"]) == 78
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["kind"] == "config"
     assert error["message"].startswith(f"{missing}: config file not found")
     bad = write_config(tmp_path, gateway_url="gateway")
-    assert cli.main(["query", "--order-no", "A-1", "--config", str(bad)]) == 2
+    assert cli.main(["query", "--order-no", "A-1", "--config", str(bad)]) == 78
     assert f"{bad}: gateway_url: 'gateway' is not an http(s) URL" in capsys.readouterr().err
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from cloud.config import load_config
-from cloud.errors import ConfigError, NotOurOrder
+from cloud.config_schema import ConfigError
+from cloud.errors import NotOurOrder
 from cloud.messages import TransStatus
 from cloud.order_store import ExpectedOrder, MemoryOrderStore, SqliteOrderStore, check
 from tests.cloud.pos_peer import APP_ID, MERCHANT, GatewayPeer, write_config

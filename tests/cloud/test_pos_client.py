@@ -13,7 +13,6 @@ import itertools
 import logging
 import random
 import threading
-import time
 from decimal import Decimal
 
 import httpx
@@ -36,6 +35,7 @@ from tests.cloud.pos_peer import (
     body_fields,
     make_config,
 )
+from tests.waiting import until
 
 ORDER = {"terminal_sn": "T0001", "merchant_order_no": "A-1", "order_amount": Decimal("12.50")}
 
@@ -464,10 +464,7 @@ def test_sync_webhook_thread_wakes_waiting_thread(peer: GatewayPeer) -> None:
         result: list[object] = []
         waiter = threading.Thread(target=lambda: result.append(client.wait_for_final("A-1", 60)))
         waiter.start()
-        for _ in range(500):
-            if clock.sleeping:
-                break
-            time.sleep(0.01)
+        until(lambda: clock.sleeping, "the waiting thread to sleep")
         assert clock.sleeping == 1  # the waiting thread is between polls
         body = peer.notification(peer.info("A-1", TransStatus.COMPLETED))
         note, new = client.accept_notification(body)  # as a web framework's worker would

@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cloud.config import PosConfig, config_path, load_config
-from cloud.errors import ConfigError, KeyLoadError
+from cloud.config_schema import ConfigError
+from cloud.errors import KeyLoadError
 from tests.cloud.pos_peer import GW_PUBLIC, POS_PRIVATE, make_config
 
 GOOD = """\

@@ -105,19 +105,20 @@ def test_config_loading(tmp_path: Path) -> None:
         ("[readers]\nqr = 5\n", "readers.qr must be a string"),
     ],
 )
-def test_bad_config_exits_2(
+def test_bad_config_exits_78(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(text)
-    assert main(["readers", "--config", str(config)]) == 2
+    assert main(["readers", "--config", str(config)]) == 78
     assert message in capsys.readouterr().err
 
 
 def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["readers", "--config", str(tmp_path / "none.toml")]) == 2
+    assert main(["readers", "--config", str(tmp_path / "none.toml")]) == 78  # EX_CONFIG
     assert "no such file" in capsys.readouterr().err
-    assert main(["readers", "--config", str(tmp_path / "none.toml"), "--reader", "x"]) == 2
+    # The missing config is found before the bad --reader.
+    assert main(["readers", "--config", str(tmp_path / "none.toml"), "--reader", "x"]) == 78
     assert main(["readers", "--reader", "bad=magstripe:ttyS0", "--timeout", "0"]) == 1
     assert "bad spec" in capsys.readouterr().out
     with pytest.raises(SystemExit):

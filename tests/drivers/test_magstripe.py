@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from drivers.magstripe import (
 from drivers.magstripe_reader import MagstripeReader
 from drivers.sim.magstripe import SIM_SWIPES, MagstripeSim, swipe_bytes
 from drivers.sim.pty import PtyPeer
+from tests.waiting import async_until
 
 CTX = ArmContext(Decimal("12.50"), 634, 2)
 PAN = "4761739001010119"
@@ -311,14 +312,6 @@ async def reader(peer: PtyPeer) -> AsyncIterator[MagstripeReader]:
     await r.close()
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_swipe_while_armed_is_returned(peer: PtyPeer, reader: MagstripeReader) -> None:
     sim = MagstripeSim(peer, card="mastercard", fmt="magtek")
     await reader.arm(CTX)
@@ -332,7 +325,7 @@ async def test_swipe_while_armed_is_returned(peer: PtyPeer, reader: MagstripeRea
 async def test_swipe_while_disarmed_is_discarded(peer: PtyPeer, reader: MagstripeReader) -> None:
     sim = MagstripeSim(peer, card="visa")
     await sim.present()
-    await _until(lambda: reader.discarded == 1)
+    await async_until(lambda: reader.discarded == 1)
     await reader.arm(CTX)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(reader.next_presentation(), 0.2)
@@ -342,7 +335,7 @@ async def test_swipe_while_disarmed_is_discarded(peer: PtyPeer, reader: Magstrip
     assert card.brand == "Amex"
     await reader.disarm()
     await sim.present("visa")
-    await _until(lambda: reader.discarded == 2)
+    await async_until(lambda: reader.discarded == 2)
 
 
 async def test_bad_swipe_then_good_swipe(peer: PtyPeer, reader: MagstripeReader) -> None:
@@ -379,7 +372,7 @@ async def test_chunked_paced_garbage_delivery(tmp_path: Path) -> None:
 async def test_arming_mid_swipe_discards_that_swipe(peer: PtyPeer, reader: MagstripeReader) -> None:
     data = swipe_bytes("visa")
     await peer.write(data[:20])
-    await _until(lambda: reader.framer.pending > 0)
+    await async_until(lambda: reader.framer.pending > 0)
     await reader.arm(CTX)
     await peer.write(data[20:])
     with pytest.raises(TimeoutError):
@@ -450,7 +443,7 @@ async def test_logs_hold_no_card_data(
     caplog.set_level(logging.DEBUG)
     sim = MagstripeSim(peer)
     await sim.present("visa")  # disarmed: discarded
-    await _until(lambda: reader.discarded == 1)
+    await async_until(lambda: reader.discarded == 1)
     await reader.arm(CTX)
     await sim.present("badlrc")
     await asyncio.wait_for(reader.next_presentation(), 2)

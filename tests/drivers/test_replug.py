@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from drivers.scanner_reader import ScannerReader
 from drivers.sim.magstripe import MagstripeSim
 from drivers.sim.pty import PtyPeer
 from drivers.sim.scanner import ScannerSim
+from tests.waiting import async_until
 
 CTX = ArmContext(Decimal("7.00"), 634, 2)
 FAST = {"backoff_initial": 0.02, "backoff_max": 0.1, "health_interval": 0.05}
@@ -39,14 +40,6 @@ class Recorder:
     @property
     def states(self) -> list[ReaderState]:
         return [state for _, state, _ in self.events]
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 def state(managed: ManagedReader) -> ReaderState:
@@ -71,13 +64,13 @@ async def test_wait_survives_unplug_and_replug(peer: PtyPeer) -> None:
         await asyncio.sleep(0.05)
 
         peer.unplug()
-        await _until(lambda: state(managed) is ReaderState.OFFLINE)
+        await async_until(lambda: state(managed) is ReaderState.OFFLINE)
         assert not waiting.done()  # the wait goes on across the outage
         await asyncio.sleep(0.2)  # several failed reopen attempts (link is gone)
         assert state(managed) is ReaderState.OFFLINE
 
         peer.replug()
-        await _until(lambda: state(managed) is ReaderState.READY)
+        await async_until(lambda: state(managed) is ReaderState.READY)
         assert not waiting.done()
         await MagstripeSim(peer).present("visa")
         card = await asyncio.wait_for(waiting, 3)
@@ -99,9 +92,9 @@ async def test_idle_unplug_is_noticed_by_the_health_probe(peer: PtyPeer) -> None
     try:
         await asyncio.wait_for(managed.wait_ready(), 3)
         peer.unplug()
-        await _until(lambda: state(managed) is ReaderState.OFFLINE)
+        await async_until(lambda: state(managed) is ReaderState.OFFLINE)
         peer.replug()
-        await _until(lambda: state(managed) is ReaderState.READY)
+        await async_until(lambda: state(managed) is ReaderState.READY)
         # still works after the replug
         await managed.arm(CTX)
         await MagstripeSim(peer).present("mastercard")
@@ -144,20 +137,20 @@ async def test_scanner_is_rearmed_after_replug(peer: PtyPeer) -> None:
     try:
         await asyncio.wait_for(managed.wait_ready(), 3)
         await managed.arm(CTX)
-        await _until(lambda: sim.enabled)
+        await async_until(lambda: sim.enabled)
         waiting = asyncio.create_task(managed.next_presentation())
         peer.unplug()
         sim.enabled = False  # a power cycle forgets the trigger
-        await _until(lambda: state(managed) is ReaderState.OFFLINE)
+        await async_until(lambda: state(managed) is ReaderState.OFFLINE)
         peer.replug()
-        await _until(lambda: state(managed) is ReaderState.READY)
-        await _until(lambda: sim.enabled)  # re-armed: trigger sent on the new port
+        await async_until(lambda: state(managed) is ReaderState.READY)
+        await async_until(lambda: sim.enabled)  # re-armed: trigger sent on the new port
         assert sim.commands_seen.count("trigger") >= 2
         await sim.present("wechat")
         code = await asyncio.wait_for(waiting, 3)
         assert isinstance(code, WalletCode)
         await managed.disarm()
-        await _until(lambda: sim.commands_seen[-1] == "untrigger")
+        await async_until(lambda: sim.commands_seen[-1] == "untrigger")
     finally:
         await managed.close()
         sim_task.cancel()
@@ -171,7 +164,7 @@ async def test_fault_state_when_device_does_not_answer(peer: PtyPeer) -> None:
     managed = ManagedReader(reader, rec, **FAST)  # type: ignore[arg-type]
     await managed.start()
     try:
-        await _until(lambda: state(managed) is ReaderState.FAULT)
+        await async_until(lambda: state(managed) is ReaderState.FAULT)
         assert "no answer" in managed.reason
         assert rec.states == [ReaderState.FAULT]
         await managed.disarm()  # never raises while not ready

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from drivers.scanner import (
 from drivers.scanner_reader import ScannerReader
 from drivers.sim.pty import PtyPeer
 from drivers.sim.scanner import SIM_CODES, ScannerSim
+from tests.waiting import async_until
 
 CTX = ArmContext(Decimal("3.00"), 634, 2)
 WECHAT = SIM_CODES["wechat"]
@@ -163,14 +164,6 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("name", ["wechat", "alipay", "alipayplus"])
 async def test_generic_scanner_reads_each_wallet(peer: PtyPeer, name: str) -> None:
     sim = ScannerSim(peer, model="generic")
@@ -180,7 +173,7 @@ async def test_generic_scanner_reads_each_wallet(peer: PtyPeer, name: str) -> No
         info = await reader.open()
         assert info.details["model"] == "generic"
         await sim.present(name)  # disarmed: discarded
-        await _until(lambda: reader.discarded == 1)
+        await async_until(lambda: reader.discarded == 1)
         await reader.arm(CTX)
         await sim.present(name)
         code = await asyncio.wait_for(reader.next_presentation(), 2)
@@ -204,19 +197,19 @@ async def test_honeywell_trigger_commands_and_probe(peer: PtyPeer) -> None:
         assert sim.commands_seen == ["menu TRGMOD?"]
         assert (await sim.present()).startswith("scanner disabled")  # not triggered
         await reader.arm(CTX)
-        await _until(lambda: sim.enabled)
+        await async_until(lambda: sim.enabled)
         assert sim.commands_seen[-1] == "trigger"
         await sim.present("junk")
         with pytest.raises(CardNotSupported):
             await asyncio.wait_for(reader.next_presentation(), 2)
         # the driver re-triggers after each line (one decode per trigger)
-        await _until(lambda: sim.enabled)
+        await async_until(lambda: sim.enabled)
         await sim.present("alipay")
         code = await asyncio.wait_for(reader.next_presentation(), 2)
         assert isinstance(code, WalletCode)
         assert code.wallet is WalletKind.ALIPAY
         await reader.disarm()
-        await _until(lambda: sim.commands_seen[-1] == "untrigger")
+        await async_until(lambda: sim.commands_seen[-1] == "untrigger")
         assert not sim.enabled
     finally:
         await reader.close()
@@ -233,12 +226,12 @@ async def test_honeywell_retriggered_after_a_scan_lost_to_noise(peer: PtyPeer) -
     try:
         await reader.open()
         await peer.write(b"\x00\xff\x80\xfe")  # line noise, no terminator
-        await _until(lambda: reader.framer.pending > 0)
+        await async_until(lambda: reader.framer.pending > 0)
         await reader.arm(CTX)
-        await _until(lambda: sim.enabled)
+        await async_until(lambda: sim.enabled)
         assert (await sim.present("wechat")).startswith("scanned")  # dropped with the noise
-        await _until(lambda: reader.framer.skipped == 1)
-        await _until(lambda: sim.enabled)
+        await async_until(lambda: reader.framer.skipped == 1)
+        await async_until(lambda: sim.enabled)
         await sim.present("alipay")
         code = await asyncio.wait_for(reader.next_presentation(), 2)
         assert isinstance(code, WalletCode)
@@ -255,7 +248,7 @@ async def test_honeywell_retriggers_periodically(peer: PtyPeer) -> None:
     try:
         await reader.open()
         await reader.arm(CTX)
-        await _until(lambda: sim.commands_seen.count("trigger") >= 3)
+        await async_until(lambda: sim.commands_seen.count("trigger") >= 3)
         await reader.disarm()
     finally:
         await reader.close()
@@ -275,7 +268,7 @@ async def test_cipherlab_enable_disable_and_auto(peer: PtyPeer) -> None:
             assert isinstance(code, WalletCode)
             assert code.wallet is WalletKind.ALIPAY_PLUS
             await reader.disarm()
-            await _until(lambda: not sim.enabled)
+            await async_until(lambda: not sim.enabled)
         assert sim.commands_seen == ["enable", "disable", "enable", "disable"]
         assert sim.presented == 2
     finally:

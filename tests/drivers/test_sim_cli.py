@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +15,7 @@ import pytest
 from drivers.base import ArmContext, CardRead, ReaderOffline, WalletCode, WalletKind
 from drivers.magstripe_reader import MagstripeReader
 from drivers.scanner_reader import ScannerReader
+from tests.waiting import async_until
 
 SIM = str(Path(sys.executable).with_name("sadad-reader-sim"))
 CTX = ArmContext(Decimal("1.00"), 634, 2)
@@ -55,14 +56,6 @@ async def run_sim(*args: str, stdin: bool = True) -> AsyncIterator[SimProcess]:
 
 def _exists(path: str) -> bool:
     return os.path.lexists(path)
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
 
 
 async def test_scanner_auto_sim_read_by_driver(tmp_path: Path) -> None:
@@ -163,7 +156,7 @@ async def test_magstripe_auto_swipes_periodically(tmp_path: Path) -> None:
         reader = MagstripeReader("swipe", link)
         await reader.open()
         try:
-            await _until(lambda: reader.discarded >= 1)  # swipes while disarmed are dropped
+            await async_until(lambda: reader.discarded >= 1)  # swipes while disarmed are dropped
             await reader.arm(CTX)
             card = await asyncio.wait_for(reader.next_presentation(), 5)
             assert isinstance(card, CardRead)

@@ -10,7 +10,7 @@
   with: ``settled`` (the POS, the journal, the gateway's charges and the
   screen agree on a final outcome) and ``assert_all_settled``.
 
-Waits poll (``wait_until``) instead of sleeping: the sandbox database for the
+Waits poll (``until``) instead of sleeping: the sandbox database for the
 order's status, the journal (read-only) for the terminal's.
 """
 
@@ -39,7 +39,8 @@ from agent.bridge_client import BridgeClient
 from cloud.config import load_config
 from cloud.messages import OnlineStatus, OrderInfo, TransStatus
 from cloud.pos import PosClient
-from tests.integration.conftest import REPO, SandboxHandle, wait_until
+from tests.integration.conftest import REPO, SandboxHandle
+from tests.waiting import until
 
 # Card data the simulators hold: none of it may reach the agent's log or journal.
 SECRETS = (
@@ -106,7 +107,7 @@ class Sim:
                 raise AssertionError(f"reader simulator {self.link.name} exited")
             return self.link.exists()
 
-        wait_until(ready, timeout=15)
+        until(ready, timeout=15)
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -368,7 +369,7 @@ class Terminal:
                 raise AssertionError(f"agent exited {agent.returncode}:\n{self.log_text()[-3000:]}")
             return self.log_text().count(said_ready) > before
 
-        wait_until(said_so, timeout=30)
+        until(said_so, timeout=30)
         if watch and self.watcher is None:
             self.watcher = ScreenWatcher(self.socket)
 
@@ -427,16 +428,20 @@ class Terminal:
         A tap waits in the field until the reader polls, but a swipe or a scan
         made before the driver armed its reader is discarded (as on the real
         devices), so those are repeated, as a customer would."""
-        once = sim == "nfc"
-        for _ in range(30):
+        if sim == "nfc":
+            mark = self.screens.mark()
+            self.sims[sim].send(command)
+            return self.screens.wait_for(shown, after=mark, timeout=15)
+
+        def attempt() -> bp.ScreenEvent | None:
             mark = self.screens.mark()
             self.sims[sim].send(command)
             try:
-                return self.screens.wait_for(shown, after=mark, timeout=15 if once else 0.5)
+                return self.screens.wait_for(shown, after=mark, timeout=0.5)
             except AssertionError:
-                if once:
-                    raise
-        raise AssertionError(f"{sim}: {command!r} never took effect")
+                return None  # made before the reader was armed: discarded
+
+        return until(attempt, f"{sim}: {command!r} to take effect", timeout=15, interval=0)
 
     # ------------------------------------------------------------ the POS side
 
@@ -468,7 +473,7 @@ class Terminal:
             status = self.gateway_status(order)
             return status if status in (1, 2, 3) else None
 
-        return int(wait_until(final, timeout=timeout, interval=0.05))
+        return int(until(final, timeout=timeout, interval=0.05))
 
     # ------------------------------------------------------------ the terminal's journal
 
@@ -498,7 +503,7 @@ class Terminal:
             row = self.journal_row(trans_no)
             return str(row["phase"]) if row is not None and row["final"] else None
 
-        return str(wait_until(final, timeout=timeout, interval=0.05))
+        return str(until(final, timeout=timeout, interval=0.05))
 
     # ------------------------------------------------------------ the gateway's books
 
@@ -553,12 +558,12 @@ class Terminal:
 
     def wait_outcome(self, order: Order, outcome: str, timeout: float = 15.0) -> None:
         """The checkout showed ``outcome`` for ``order`` (and nothing else)."""
-        wait_until(lambda: self.screens.results(order.trans_no), timeout=timeout)
+        until(lambda: self.screens.results(order.trans_no), timeout=timeout)
         assert set(self.screens.results(order.trans_no)) == {outcome}
 
     def wait_idle(self, timeout: float = 15.0) -> None:
         """Back to IDLE (after the result has been shown ``RESULT_SECONDS``)."""
-        wait_until(
+        until(
             lambda: self.screens.screens and self.screens.screens[-1].screen.value == "IDLE",
             timeout=timeout,
         )

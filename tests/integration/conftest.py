@@ -1,8 +1,7 @@
 """Fixtures for integration tests: real Mosquitto, the real sandbox process.
 
-- ``broker``: a ``sandbox.broker.MosquittoBroker`` on a free loopback port
-  under ``tmp_path``, stopped after the test (``broker.restart()`` keeps its
-  port and persistence).
+- ``broker``, ``module_broker`` (from ``tests/conftest.py``): a real
+  Mosquitto on a free loopback port, stopped after the test or the module.
 - ``sandbox``: ``python -m sandbox.cli serve --data tmp --port 0 --mqtt
   <broker> --time-scale 0.01`` as a subprocess; yields a ``SandboxHandle``;
   SIGTERM (then kill) afterwards; its stderr is printed at teardown, which
@@ -14,6 +13,9 @@
   with their MQTT 5 properties (``on=handle`` for another sandbox).
 - ``module_sandbox``: one broker + sandbox shared by a test module (use
   unique SNs and order numbers).
+
+Waits use ``tests.waiting.until`` (``wait_until`` here is the same function,
+kept for benchmarks/).
 
 Helpers for acting as the POS or as a terminal without the project's own
 clients: ``SandboxHandle.pos_call`` / ``cashier_call`` sign with the right
@@ -49,9 +51,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud import envelope, sealing, wirejson
 from cloud.messages import EventKind, Method
 from cloud.signing import verify
-from sandbox.broker import MosquittoBroker, NatsCluster
+from sandbox.broker_mosquitto import MosquittoBroker
+from sandbox.broker_nats import NatsCluster
 from sandbox.keys import POS_APP_ID
 from sandbox.tms import parse_mqtt_url
+from tests.waiting import until
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -323,16 +327,8 @@ def order_fields(sn: str, **over: Any) -> dict[str, Any]:
     return base
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+# The shared poll (tests.waiting.until), under the name benchmarks/ import from here.
+wait_until = until
 
 
 # ---------------------------------------------------------------- MQTT helpers
@@ -487,16 +483,6 @@ class NotifyReceiver:
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
 @contextlib.contextmanager
 def running_sandbox(
     data_dir: Path, broker: Broker, extra_args: Sequence[str] = ()
@@ -521,11 +507,13 @@ def sandbox(tmp_path: Path, broker: MosquittoBroker) -> Iterator[SandboxHandle]:
 
 
 @pytest.fixture(scope="module")
-def module_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+def module_sandbox(
+    tmp_path_factory: pytest.TempPathFactory, module_broker: MosquittoBroker
+) -> Iterator[SandboxHandle]:
     """One broker + sandbox shared by the tests of a module (faster; use unique
     terminal SNs and order numbers per test)."""
     root = tmp_path_factory.mktemp("module-sandbox")
-    with MosquittoBroker(root / "broker") as b, running_sandbox(root / "sandbox", b) as handle:
+    with running_sandbox(root / "sandbox", module_broker) as handle:
         yield handle
 
 

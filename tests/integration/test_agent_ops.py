@@ -15,7 +15,8 @@ import pytest
 from cloud.messages import TransStatus
 from cloud.timeline import HOPS
 from tests.integration.agent_rig import Terminal, running_terminal, scan_for_card_data
-from tests.integration.conftest import REPO, SandboxHandle, wait_until
+from tests.integration.conftest import REPO, SandboxHandle
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -77,7 +78,7 @@ def test_status_and_journal_show_on_a_live_agent(term: Terminal) -> None:
     term.present("nfc", "present visa", order)
     done = term.settled(order)
     assert done.info.trans_status is TransStatus.COMPLETED
-    wait_until(lambda: term.events(message_id=order.message_id, event="paid"))
+    until(lambda: term.events(message_id=order.message_id, event="paid"))
 
     listing = _agent_cli(term, "journal").stdout.splitlines()
     (line,) = [x for x in listing if x.startswith(order.trans_no)]

@@ -18,7 +18,8 @@ from cloud import envelope, wirejson
 from cloud.messages import MAX_DESCRIPTION, PushOrder, PushTopic, TransStatus, TransType
 from cloud.signing import generate_key_pem
 from tests.integration.agent_rig import Terminal, running_terminal
-from tests.integration.conftest import REPO, SandboxHandle, SubscriberFactory, wait_until
+from tests.integration.conftest import REPO, SandboxHandle, SubscriberFactory
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -51,7 +52,7 @@ def test_push_while_agent_down_is_paid_after_restart(term: Terminal, how: str) -
     shows and pays it when it starts again."""
     if how == "sigterm":
         assert term.stop_agent() == 0
-        wait_until(lambda: _online(term) == "offline")  # the agent said so itself
+        until(lambda: _online(term) == "offline")  # the agent said so itself
     else:
         term.kill_agent()
     order = term.push("8.00")
@@ -65,7 +66,7 @@ def test_push_while_agent_down_is_paid_after_restart(term: Terminal, how: str) -
     done = term.settled(order)
     assert done.info.trans_status is TransStatus.COMPLETED
     term.wait_outcome(order, "approved")
-    wait_until(lambda: term.events(message_id=order.message_id, event="paid"))
+    until(lambda: term.events(message_id=order.message_id, event="paid"))
     kinds = [e["event"] for e in term.events(message_id=order.message_id)]
     assert kinds == ["received", "displayed", "paid"]
     term.assert_all_settled()
@@ -82,7 +83,7 @@ def test_order_closed_while_agent_down(term: Terminal) -> None:
     done = term.settled(order)
     assert (done.phase, done.info.trans_status) == ("CLOSED", TransStatus.CLOSED)
     assert done.charges == []
-    wait_until(lambda: term.events(message_id=order.message_id, event="closed"))
+    until(lambda: term.events(message_id=order.message_id, event="closed"))
     term.assert_all_settled()
 
 
@@ -104,7 +105,7 @@ def test_duplicate_push_is_processed_once(
     topic = _orders_topic(term.sn)
     term.sandbox.publish(topic, real.payload)
     term.sandbox.publish(topic, real.payload)
-    wait_until(lambda: redelivered() == 2)
+    until(lambda: redelivered() == 2)
     term.present("nfc", "present visa", order)
     assert term.settled(order).info.trans_status is TransStatus.COMPLETED
     term.wait_outcome(order, "approved")
@@ -112,7 +113,7 @@ def test_duplicate_push_is_processed_once(
     # Replayed after it was paid: nothing happens either.
     mark = term.screens.mark()
     term.sandbox.publish(topic, real.payload)
-    wait_until(lambda: redelivered() == 3)
+    until(lambda: redelivered() == 3)
     assert term.screens.request("status").data["queue"] == []  # not queued again
     assert {s.screen.value for s in term.screens.since(mark)} <= {"RESULT", "IDLE"}
 
@@ -122,7 +123,7 @@ def test_duplicate_push_is_processed_once(
     assert term.journal_count("SELECT COUNT(*) FROM transactions") == 1
     pushes = "SELECT COUNT(*) FROM pushes WHERE message_id=?"
     assert term.journal_count(pushes, order.message_id) == 1
-    wait_until(lambda: term.events(message_id=order.message_id, event="paid"))
+    until(lambda: term.events(message_id=order.message_id, event="paid"))
     kinds = [e["event"] for e in term.events(message_id=order.message_id)]
     assert kinds == ["received", "displayed", "paid"]
     assert len(term.charges(order.trans_no)) == 1
@@ -180,7 +181,7 @@ def test_bad_pushes_are_rejected_reported_and_never_shown(term: Terminal) -> Non
     def reported() -> int:  # each event, plus the rejections it says it stands for
         return sum(1 + _more(e["reason"]) for e in term.events(event="rejected"))
 
-    wait_until(lambda: reported() == len(bad) + 1, timeout=15)
+    until(lambda: reported() == len(bad) + 1, timeout=15)
     got = rejected()
     # Genuine (gateway-signed) pushes are reported under their own id, each.
     for message_id, reason in expected.items():
@@ -205,7 +206,7 @@ def test_bad_pushes_are_rejected_reported_and_never_shown(term: Terminal) -> Non
     # A forged push is never remembered as seen (only signed ones are): sent
     # again, it is rejected and counted again.
     term.sandbox.publish(topic, bad[0][1])
-    wait_until(lambda: reported() == len(bad) + 2, timeout=15)
+    until(lambda: reported() == len(bad) + 2, timeout=15)
     order = term.push("7.00")
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
     term.present("nfc", "present visa", order)

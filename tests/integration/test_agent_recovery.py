@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from cloud.messages import TransStatus
-from sandbox.broker import MosquittoBroker
+from sandbox.broker_mosquitto import MosquittoBroker
 from tests.integration.agent_rig import Terminal, running_terminal
-from tests.integration.conftest import SandboxHandle, running_sandbox, wait_until
+from tests.integration.conftest import SandboxHandle, running_sandbox
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,13 +36,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_broker: MosquittoBroker
+) -> Iterator[SandboxHandle]:
     root = tmp_path_factory.mktemp("recovery")
     args = ["--time-scale", "1", "--hang-seconds", "30", "--port", str(_free_port())]
-    with (
-        MosquittoBroker(root / "broker") as broker,
-        running_sandbox(root / "sandbox", broker, args) as handle,
-    ):
+    with running_sandbox(root / "sandbox", module_broker, args) as handle:
         yield handle
 
 
@@ -56,8 +56,8 @@ def term(gateway: SandboxHandle, tmp_path: Path) -> Iterator[Terminal]:
 def _authorizing(term: Terminal, trans_no: str) -> None:
     """The payment request is on its way (journaled first, then sent)."""
     term.screens.wait_screen("AUTHORIZING", trans_no)
-    wait_until(lambda: term.journal_phase(trans_no) == "AUTHORIZING")
-    wait_until(lambda: term.gateway_status_of(trans_no) == 0, timeout=10)
+    until(lambda: term.journal_phase(trans_no) == "AUTHORIZING")
+    until(lambda: term.gateway_status_of(trans_no) == 0, timeout=10)
 
 
 # ---------------------------------------------------------------- SIGKILL before a payment
@@ -89,7 +89,7 @@ def test_sigkill_while_waiting_for_card(term: Terminal) -> None:
     restart, paid once; the readers were re-armed for it."""
     order = term.push("11.50")
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
-    wait_until(lambda: term.journal_phase(order.trans_no) == "AWAITING_PAYMENT")
+    until(lambda: term.journal_phase(order.trans_no) == "AWAITING_PAYMENT")
     term.kill_agent()
     assert "resuming" not in term.log_text()
 
@@ -262,7 +262,7 @@ def test_sigterm_while_resolving_at_start(term: Terminal) -> None:
     gw.stop()
     try:
         term.start_agent(ready=False)
-        wait_until(lambda: f"detail {order.trans_no}: " in term.log_text(), timeout=20)
+        until(lambda: f"detail {order.trans_no}: " in term.log_text(), timeout=20)
         began = time.monotonic()
         assert term.stop_agent() == 0
         assert time.monotonic() - began < 10
@@ -317,8 +317,8 @@ def test_gateway_down_during_authorization(term: Terminal) -> None:
     gw.stop()
     try:
         term.present("nfc", "present visa", order)
-        wait_until(lambda: f"payment {order.trans_no} outcome unknown" in term.log_text())
-        wait_until(lambda: f"reverse {order.trans_no}" in term.log_text(), timeout=15)
+        until(lambda: f"payment {order.trans_no} outcome unknown" in term.log_text())
+        until(lambda: f"reverse {order.trans_no}" in term.log_text(), timeout=15)
         assert term.journal_phase(order.trans_no) == "RESOLVING"
     finally:
         gw.restart()

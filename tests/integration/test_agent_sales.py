@@ -18,7 +18,8 @@ import pytest
 from agent.bridge_replies import ActionReply, reply_data
 from cloud.messages import TransStatus, TransType
 from tests.integration.agent_rig import Terminal, running_terminal
-from tests.integration.conftest import NotifyReceiver, SandboxHandle, wait_until
+from tests.integration.conftest import NotifyReceiver, SandboxHandle
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -121,7 +122,7 @@ def test_cashier_cancel(term: Terminal) -> None:
     assert done.info.trans_status is TransStatus.CANCELLED
     assert done.charges == []
     term.wait_outcome(order, "cancelled")
-    wait_until(lambda: term.events(message_id=order.message_id, event="cancelled"))
+    until(lambda: term.events(message_id=order.message_id, event="cancelled"))
     term.assert_all_settled()
 
 

@@ -55,7 +55,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent import mqtt_link
 from agent.config import MqttConfig
 from cloud.topics import events_topic, every_terminal, orders_topic, status_topic
-from sandbox.broker import TMS_USER, Credentials, MosquittoBroker, NatsCluster, new_password
+from sandbox.broker import TMS_USER, Credentials, new_password
+from sandbox.broker_mosquitto import MosquittoBroker
+from sandbox.broker_nats import NatsCluster
 from tests.integration.agent_rig import Terminal, running_terminal
 from tests.integration.conftest import TIME_SCALE, SandboxHandle, running_sandbox
 

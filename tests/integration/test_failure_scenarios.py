@@ -47,10 +47,11 @@ from cloud.errors import (
 from cloud.messages import OnlineStatus, TransStatus
 from cloud.pos import PosClient
 from cloud.timeline import parse_timeline
-from sandbox.broker import MosquittoBroker
+from sandbox.broker_mosquitto import MosquittoBroker
 from sandbox.faults import DECOY_PREFIX
 from tests.integration.agent_rig import Order, Terminal, running_terminal
-from tests.integration.conftest import REPO, SandboxHandle, running_sandbox, wait_until
+from tests.integration.conftest import REPO, SandboxHandle, running_sandbox
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,13 +109,12 @@ class PosWebhook:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_broker: MosquittoBroker
+) -> Iterator[SandboxHandle]:
     root = tmp_path_factory.mktemp("faults")
     args = ["--hang-seconds", "1000", "--late-seconds", str(LATE_S)]
-    with (
-        MosquittoBroker(root / "broker") as broker,
-        running_sandbox(root / "sandbox", broker, args) as handle,
-    ):
+    with running_sandbox(root / "sandbox", module_broker, args) as handle:
         yield handle
 
 
@@ -213,7 +213,7 @@ def test_terminal_offline(term: Terminal) -> None:
     assert term.settled(order).phase == "APPROVED"
     # The events reach the gateway after the order is final there: wait for the
     # last one, then look at the first (delivered once, when it was back).
-    wait_until(lambda: "paid" in event_kinds(term, order))
+    until(lambda: "paid" in event_kinds(term, order))
     assert event_kinds(term, order)[0] == "received"
     term.assert_all_settled()
 
@@ -229,7 +229,7 @@ def test_terminal_busy(term: Terminal) -> None:
         lambda s: s.order is not None and s.order.merchant_order_no.startswith(DECOY_PREFIX)
     )
     assert other.screen.value == "WAITING_FOR_CONFIRM"
-    wait_until(lambda: term.events(message_id=order.message_id, event="busy"))
+    until(lambda: term.events(message_id=order.message_id, event="busy"))
 
     assert term.pos.query_order(order.merchant_order_no).trans_status is TransStatus.PREORDER
     with pytest.raises(TerminalBusy) as busy:
@@ -244,7 +244,7 @@ def test_terminal_busy(term: Terminal) -> None:
     final = term.pos.wait_for_final(order.merchant_order_no, deadline_s=WAIT_S)
     assert final.trans_status is TransStatus.COMPLETED
     assert term.settled(order).phase == "APPROVED"
-    wait_until(lambda: "paid" in event_kinds(term, order))  # events trail the final status
+    until(lambda: "paid" in event_kinds(term, order))  # events trail the final status
     kinds = event_kinds(term, order)
     assert kinds.index("busy") < kinds.index("displayed") < kinds.index("paid")
 
@@ -272,13 +272,13 @@ def test_push_acknowledgement_lost(term: Terminal) -> None:
     assert term.settled(order).phase == "APPROVED"
 
     again = f"push {order.message_id} delivered again"
-    wait_until(lambda: term.log_text().count(again) == 2, timeout=10)
+    until(lambda: term.log_text().count(again) == 2, timeout=10)
     assert term.journal_count("SELECT COUNT(*) FROM transactions") == 1
     pushes = "SELECT COUNT(*) FROM pushes WHERE message_id=?"
     assert term.journal_count(pushes, order.message_id) == 1
     screens = [s.screen.value for s in term.screens.screens if s.order]
     assert "WAITING_FOR_CARD" not in screens[screens.index("READING") :]  # never offered again
-    wait_until(lambda: "paid" in event_kinds(term, order))
+    until(lambda: "paid" in event_kinds(term, order))
     kinds = event_kinds(term, order)
     assert "received" not in kinds
     assert kinds.count("displayed") == 1
@@ -417,7 +417,7 @@ def test_customer_cancel(term: Terminal) -> None:
     done = term.settled(order)
     assert (done.phase, done.charges) == ("CANCELLED", [])
     term.wait_outcome(order, "cancelled")
-    wait_until(lambda: "cancelled" in event_kinds(term, order))
+    until(lambda: "cancelled" in event_kinds(term, order))
     term.assert_all_settled()
 
 

@@ -26,15 +26,15 @@ from pathlib import Path
 import pytest
 
 from agent.bridge_replies import ActionReply, reply_data
-from sandbox.broker import NatsCluster
+from sandbox.broker_nats import NatsCluster
 from tests.integration.agent_rig import Order, Terminal
 from tests.integration.conftest import (
     REPO,
     SandboxHandle,
     running_sandbox,
     started_broker,
-    wait_until,
 )
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,7 +104,7 @@ def test_sale(term: Terminal, fleet: SandboxHandle) -> None:
     order = term.push("12.30")
     pay(term, order)
     assert term.settled(order).phase == "APPROVED"
-    wait_until(lambda: "paid" in event_kinds(term, order), timeout=FAILOVER_S)
+    until(lambda: "paid" in event_kinds(term, order), timeout=FAILOVER_S)
     assert event_kinds(term, order) == ["received", "displayed", "paid"]
     term.assert_all_settled()
 
@@ -124,7 +124,7 @@ def test_busy_terminal_queues_and_pays_both(term: Terminal) -> None:
     on_screen = term.push("8.00")
     term.screens.wait_screen("WAITING_FOR_CARD", on_screen.trans_no, timeout=FAILOVER_S)
     waiting = term.push("8.10")
-    wait_until(lambda: term.events(message_id=waiting.message_id, event="busy"), timeout=30)
+    until(lambda: term.events(message_id=waiting.message_id, event="busy"), timeout=30)
     for order in (on_screen, waiting):
         pay(term, order)
         assert term.settled(order).phase == "APPROVED"
@@ -135,7 +135,7 @@ def test_acknowledgement_lost_is_processed_once(term: Terminal) -> None:
     order = term.push("9.97")  # .97: the received event dropped, the push sent again
     pay(term, order)
     assert term.settled(order).phase == "APPROVED"
-    wait_until(lambda: "paid" in event_kinds(term, order), timeout=FAILOVER_S)
+    until(lambda: "paid" in event_kinds(term, order), timeout=FAILOVER_S)
     assert term.journal_count("SELECT COUNT(*) FROM transactions") == 1
     assert len(term.charges(order.trans_no)) == 1
     term.assert_all_settled()
@@ -182,7 +182,7 @@ def test_node_killed_while_a_push_is_in_flight(term: Terminal, fleet: SandboxHan
         pay(term, order)
         assert term.settled(order, timeout=FAILOVER_S).phase == "APPROVED"
         # Its events go out once it is on another node.
-        wait_until(lambda: "paid" in event_kinds(term, order), timeout=FAILOVER_S)
+        until(lambda: "paid" in event_kinds(term, order), timeout=FAILOVER_S)
         assert term.broker_node() != cluster.urls[dead]
         assert term.screens.results(order.trans_no) == ["approved"]  # shown once
         term.assert_all_settled()

@@ -37,7 +37,8 @@ from cloud import messages as m
 from cloud.messages import MAX_PUSH_BYTES
 from cloud.signing import generate_key_pem
 from tests.integration.agent_rig import Terminal, scan_for_card_data
-from tests.integration.conftest import SandboxHandle, wait_until
+from tests.integration.conftest import SandboxHandle
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -155,7 +156,7 @@ def test_hostile_payloads_between_genuine_orders(term: Terminal) -> None:
         attacker.send(JUST_OVER)
         assert len(MEGABYTES) > MAX_PUSH_BYTES
         dropped_by_broker = 1 if protocol_5 else 0
-        wait_until(lambda: reported(term) == attacker.sent - dropped_by_broker, timeout=20)
+        until(lambda: reported(term) == attacker.sent - dropped_by_broker, timeout=20)
         too_large = [e for e in term.events(event="rejected") if e["reason"] == "too_large"]
         assert len(too_large) == 2 - dropped_by_broker
 
@@ -181,7 +182,7 @@ def test_hostile_payloads_between_genuine_orders(term: Terminal) -> None:
         # limiter's last report comes within its interval), never under a
         # message_id of the sender's choosing.
         expected = attacker.sent - dropped_by_broker
-        wait_until(lambda: reported(term) == expected, timeout=20)
+        until(lambda: reported(term) == expected, timeout=20)
         assert all(e["message_id"].startswith("rejected-") for e in term.events(event="rejected"))
         # Only genuine pushes in the journal's pushes; no card number anywhere.
         assert term.journal_count("SELECT COUNT(*) FROM pushes WHERE outcome LIKE 'rejected%'") == 0

@@ -21,7 +21,8 @@ from cloud.messages import (
     TransStatus,
 )
 from cloud.pos import PosClient
-from tests.integration.conftest import NotifyReceiver, SandboxHandle, order_fields, wait_until
+from tests.integration.conftest import NotifyReceiver, SandboxHandle, order_fields
+from tests.waiting import until
 
 SN = "T4801"
 
@@ -66,7 +67,7 @@ def _notified(sandbox: SandboxHandle, trans_no: str) -> list[int]:
 
 def _logged(sandbox: SandboxHandle, text: str) -> None:
     """The sandbox logs it (the event's row is written just before the log line)."""
-    wait_until(lambda: text in sandbox.stderr_text(), timeout=10)
+    until(lambda: text in sandbox.stderr_text(), timeout=10)
 
 
 def test_late_paid_event_and_payment_after_close_change_nothing(
@@ -89,7 +90,7 @@ def test_late_paid_event_and_payment_after_close_change_nothing(
             sandbox.cashier_call(SN, Method.TRANS_REVERSE, reverse), CashierResult
         )
         assert reversed_.trans_status is TransStatus.CLOSED
-        wait_until(lambda: _event_seen(sandbox, trans_no, EventKind.PAID), timeout=10)
+        until(lambda: _event_seen(sandbox, trans_no, EventKind.PAID), timeout=10)
 
         info = pos.query_order(order_no)
         assert info.trans_status is TransStatus.CLOSED
@@ -122,7 +123,7 @@ def test_late_failure_reports_after_payment_change_nothing(
     assert sandbox.answer(sandbox.cashier_call(SN, Method.TRANS_CANCEL, cancel))["code"] == "40907"
     close = {"merchant_no": "M0001", "terminal_sn": SN, "merchant_order_no": order_no}
     assert sandbox.answer(sandbox.pos_call(Method.PAY_CLOSE, close))["code"] == "40902"
-    wait_until(lambda: _event_seen(sandbox, trans_no, EventKind.FAILED), timeout=10)
+    until(lambda: _event_seen(sandbox, trans_no, EventKind.FAILED), timeout=10)
 
     query = {"merchant_no": "M0001", "merchant_order_no": order_no}
     info = sandbox.open_ok(sandbox.pos_call(Method.ORDER_QUERY, query), OrderInfo)

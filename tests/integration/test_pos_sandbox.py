@@ -24,7 +24,8 @@ from cloud.errors import CloudRejected, NotOurOrder
 from cloud.messages import CashierResult, Method, OrderInfo, TransStatus
 from cloud.order_store import ExpectedOrder
 from cloud.pos import PosClient
-from tests.integration.conftest import REPO, NotifyReceiver, SandboxHandle, wait_until
+from tests.integration.conftest import REPO, NotifyReceiver, SandboxHandle
+from tests.waiting import until
 
 SN = "T0001"
 APPROVING_PAN = "4761739001010010"
@@ -45,7 +46,7 @@ def find_order(sandbox: SandboxHandle, merchant_order_no: str) -> OrderInfo:
             return None
         return sandbox.open_ok(resp, OrderInfo)
 
-    found = wait_until(look, timeout=20, interval=0.05)
+    found = until(look, timeout=20, interval=0.05)
     assert isinstance(found, OrderInfo)
     return found
 

@@ -4,7 +4,6 @@ against the real sandbox process, with cloud.envelope + httpx as the terminal.""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -15,8 +14,9 @@ import pytest
 
 from cloud import envelope, wirejson
 from cloud.messages import CashierResult, Method, OrderInfo, PayOrderResult, TransStatus
-from sandbox.broker import MosquittoBroker
+from sandbox.broker_mosquitto import MosquittoBroker
 from tests.integration.conftest import SandboxHandle, order_fields, running_sandbox
+from tests.waiting import until
 
 SN = "T200"
 
@@ -66,13 +66,13 @@ HANG_SECONDS = 150  # a .91 create answers after 1.5 s: room for detail/reverse 
 
 
 @pytest.fixture(scope="module")
-def cashier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+def cashier(
+    tmp_path_factory: pytest.TempPathFactory, module_broker: MosquittoBroker
+) -> Iterator[SandboxHandle]:
     """One sandbox for this module, with terminal T200 provisioned."""
     root = tmp_path_factory.mktemp("cashier")
-    with (
-        MosquittoBroker(root / "broker") as broker,
-        running_sandbox(root / "sandbox", broker, ["--hang-seconds", str(HANG_SECONDS)]) as sb,
-    ):
+    args = ["--hang-seconds", str(HANG_SECONDS)]
+    with running_sandbox(root / "sandbox", module_broker, args) as sb:
         sb.provision(SN)
         yield sb
 
@@ -184,12 +184,7 @@ def test_timeout_then_detail_then_reverse_wins(cashier: SandboxHandle) -> None:
     reversed_ = call(sb, Method.TRANS_REVERSE, order.trans_no, request_no="REQ-T")
     assert reversed_.trans_status == 3
     # the acquirer approves after the hang: the charge is undone at once
-    rows: list[dict[str, Any]] = []
-    for _ in range(500):
-        rows = charges(sb, order.trans_no)
-        if rows:
-            break
-        time.sleep(0.02)
+    rows = until(lambda: charges(sb, order.trans_no), "the late charge")
     assert len(rows) == 1
     assert rows[0]["reversed"] == 1
     info = status_of(sb, order.trans_no)
@@ -266,10 +261,7 @@ def test_refusals_and_no_regression(cashier: SandboxHandle) -> None:
     assert "!!!" in sb.stderr_text()
     # expired orders cannot be paid (the sweeper closes them as EXPIRED)
     short = new_order(sb, "9.00", expires=1)
-    for _ in range(300):
-        if status_of(sb, short.trans_no).trans_status is TransStatus.CLOSED:
-            break
-        time.sleep(0.02)
+    until(lambda: status_of(sb, short.trans_no).trans_status is TransStatus.CLOSED)
     info = status_of(sb, short.trans_no)
     assert info.trans_status is TransStatus.CLOSED
     assert info.trans_error_code == "EXPIRED"

@@ -29,7 +29,8 @@ from cloud.messages import (
     terminal_state,
 )
 from cloud.signing import generate_key_pem, load_private_key, load_public_key
-from tests.integration.conftest import SandboxHandle, TerminalSubscriber, order_fields, wait_until
+from tests.integration.conftest import SandboxHandle, TerminalSubscriber, order_fields
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -194,7 +195,7 @@ def test_terminal_online_status_and_offline_rejection(sandbox: SandboxHandle) ->
             sandbox.open_ok(resp, PayOrderResult) if sandbox.answer(resp)["code"] == "0" else None
         )
 
-    result = wait_until(accepted)
+    result = until(accepted)
     assert result.terminal_online_status == "ONLINE"
     # Sandbox extensions: the retained status beside the create, the query and
     # in sandbox.terminal.status.
@@ -222,9 +223,7 @@ def test_terminal_online_status_and_offline_rejection(sandbox: SandboxHandle) ->
     assert sandbox.answer(missing)["code"] == "40401"
 
     sandbox.set_terminal_status("T103", "offline")
-    wait_until(
-        lambda: sandbox.answer(sandbox.pos_call(Method.PAY_ORDER, strict))["code"] == "40903"
-    )
+    until(lambda: sandbox.answer(sandbox.pos_call(Method.PAY_ORDER, strict))["code"] == "40903")
     assert terminal("T103").terminal_online_status == "OFFLINE"
 
 
@@ -319,7 +318,7 @@ def test_terminal_events_make_the_timeline_and_forged_ones_are_dropped(
         items = wirejson.loads(text) if text else []
         return items if len(items) >= 2 else []
 
-    items = wait_until(timeline)
+    items = until(timeline)
     assert [i["event"] for i in items] == ["received", "displayed"]
     assert items[1]["hops"] == {"tms": 1, "received": 2, "displayed": 3}
     assert "bad signature" in sandbox.stderr_text()

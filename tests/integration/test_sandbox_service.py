@@ -25,8 +25,8 @@ from tests.integration.conftest import (
     order_fields,
     start_sandbox_process,
     stop_process,
-    wait_until,
 )
+from tests.waiting import until
 
 
 def close_order(sandbox: SandboxHandle, sn: str, merchant_order_no: str) -> None:
@@ -69,7 +69,7 @@ def test_failed_notification_is_retried_on_the_scaled_schedule_until_success(
         (row,) = sandbox.query("SELECT state, attempts FROM notifications")
         return (row["state"], row["attempts"]) == ("delivered", 4)
 
-    wait_until(delivered)
+    until(delivered)
     time.sleep(0.5)
     assert len(notify_receiver.deliveries) == 4
 
@@ -99,7 +99,7 @@ def test_restart_keeps_orders_and_resumes_pending_notifications(
     again = sandbox.open_ok(sandbox.pos_call(Method.PAY_ORDER, kept), PayOrderResult)
     assert again.message_id == kept_result.message_id
     # the pending notification resumes after the restart
-    wait_until(lambda: notify_receiver.deliveries[-1].answered_ok, timeout=10)
+    until(lambda: notify_receiver.deliveries[-1].answered_ok, timeout=10)
     (row,) = sandbox.query("SELECT state, attempts FROM notifications")
     assert row["state"] == "delivered"
     # (an attempt cut short by the stop may not have been recorded)

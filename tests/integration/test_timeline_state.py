@@ -35,8 +35,9 @@ from cloud.messages import (
 )
 from cloud.timeline import HOPS, parse_timeline
 from tests.integration.agent_rig import Terminal, running_terminal
-from tests.integration.conftest import REPO, SandboxHandle, wait_until
+from tests.integration.conftest import REPO, SandboxHandle
 from tests.integration.status_watcher import StatusWatcher
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,7 +89,7 @@ def test_timeline_of_a_real_sale(term: Terminal) -> None:
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
     term.present("nfc", "present visa", order)
     assert term.settled(order).phase == "APPROVED"
-    wait_until(lambda: term.events(message_id=order.message_id, event="paid"))
+    until(lambda: term.events(message_id=order.message_id, event="paid"))
 
     shown = _agent(term, "journal", "--show", order.trans_no)
     assert shown.returncode == 0, shown.stderr
@@ -157,7 +158,7 @@ def test_live_state_seen_by_the_tms_and_the_will_after_sigkill(term: Terminal) -
             online = info.terminal_online_status is OnlineStatus.ONLINE
             return online and state is not None and _same(state, waiting)
 
-        wait_until(gateway_knows, timeout=10)
+        until(gateway_knows, timeout=10)
         shown = _pos(term, "terminal", term.sn)
         assert shown.returncode == 0, shown.stderr
         lines = shown.stdout.splitlines()
@@ -196,7 +197,7 @@ def test_live_state_seen_by_the_tms_and_the_will_after_sigkill(term: Terminal) -
             state = term.pos.terminal_status(term.sn)
             return state.terminal_online_status is OnlineStatus.OFFLINE
 
-        wait_until(offline, timeout=10)
+        until(offline, timeout=10)
         shown = _pos(term, "terminal", term.sn)
         assert shown.returncode == 1
         assert shown.stdout.splitlines()[0].startswith(f"{term.sn} OFFLINE (status received ")
@@ -224,7 +225,7 @@ def test_busy_terminal_reports_the_queue_never_a_silent_pending(term: Terminal) 
     second = term.push("19.00")
     third = term.push("20.00")
     for order, position in ((second, "1"), (third, "2")):
-        wait_until(lambda: term.events(message_id=order.message_id, event="busy"))  # noqa: B023
+        until(lambda: term.events(message_id=order.message_id, event="busy"))  # noqa: B023
         (busy,) = term.events(message_id=order.message_id, event="busy")
         assert busy["reason"] == f"queue position {position}"
 
@@ -233,7 +234,7 @@ def test_busy_terminal_reports_the_queue_never_a_silent_pending(term: Terminal) 
         state = terminal_state(info.terminal_state)
         return info if state is not None and state.queue == 2 else None
 
-    info = wait_until(queued, timeout=10)
+    info = until(queued, timeout=10)
     assert info.trans_status is TransStatus.PREORDER
     assert parse_timeline(info.terminal_timeline).queue_position() == 2
 
@@ -277,9 +278,7 @@ def test_busy_terminal_reports_the_queue_never_a_silent_pending(term: Terminal) 
         result["merchant_order_no"],
     ):
         term.pos.close_order(order_no)
-    wait_until(
-        lambda: term.journal_count("SELECT COUNT(*) FROM transactions WHERE phase='CLOSED'") == 3
-    )
+    until(lambda: term.journal_count("SELECT COUNT(*) FROM transactions WHERE phase='CLOSED'") == 3)
     term.present("nfc", "present visa", on_screen)
     assert term.settled(on_screen).phase == "APPROVED"
     term.assert_all_settled()

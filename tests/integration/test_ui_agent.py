@@ -35,8 +35,9 @@ import tomlkit
 from agent.technician import hash_pin
 from cloud.messages import TransStatus
 from tests.integration.agent_rig import Terminal
-from tests.integration.conftest import REPO, SandboxHandle, wait_until
+from tests.integration.conftest import REPO, SandboxHandle
 from tests.ui.conftest import screen_text
+from tests.waiting import async_until, until
 from ui.app import CheckoutApp, build_app
 from ui.widgets.amount import Amount
 
@@ -72,7 +73,7 @@ def term(
 def wait_idle(term: Terminal) -> None:
     """The checkout is idle (no screen published yet counts: the agent starts idle)."""
     screens = term.screens.screens
-    wait_until(lambda: not screens or screens[-1].screen.value == "IDLE", timeout=15)
+    until(lambda: not screens or screens[-1].screen.value == "IDLE", timeout=15)
 
 
 def tms_screen(term: Terminal) -> str | None:
@@ -86,10 +87,12 @@ def tms_screen(term: Terminal) -> str | None:
 
 async def shows(pilot: Any, app: CheckoutApp, *texts: str, timeout: float = 15.0) -> str:
     """Wait until the app's screen holds every one of ``texts``; returns the screen."""
-    async with asyncio.timeout(timeout):
-        while not all(t in (text := screen_text(app)) for t in texts):
-            await pilot.pause(0.05)
-    return text
+
+    def shown() -> str | None:
+        text = screen_text(app)
+        return text if all(t in text for t in texts) else None
+
+    return await async_until(shown, repr(texts), timeout=timeout, interval=0.05, sleep=pilot.pause)
 
 
 async def test_push_wakes_the_ui_and_the_sale_completes(term: Terminal) -> None:
@@ -196,7 +199,7 @@ class UiProcess:
             return shown if drawn(shown) else None
 
         try:
-            return str(wait_until(check, timeout=timeout, interval=0.05))
+            return str(until(check, timeout=timeout, interval=0.05))
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {what} not drawn; last:\n{self.text()[-3000:]}") from None
 
@@ -286,12 +289,12 @@ def test_ui_killed_in_setup_leaves_the_terminal_in_service(
     ui.wait_shows("Enter the technician PIN")
     ui.type(PIN + ENTER)  # at once, maybe before setup has read the PIN: not lost
     ui.wait_shows("Test connection")
-    wait_until(lambda: term.screens.request("status").data["screen"] == "SETUP", timeout=10)
-    wait_until(lambda: tms_screen(term) == "SETUP", timeout=10)
+    until(lambda: term.screens.request("status").data["screen"] == "SETUP", timeout=10)
+    until(lambda: tms_screen(term) == "SETUP", timeout=10)
     ui.kill()
 
-    wait_until(lambda: term.screens.request("status").data["screen"] == "IDLE", timeout=10)
-    wait_until(lambda: tms_screen(term) == "IDLE", timeout=10)
+    until(lambda: term.screens.request("status").data["screen"] == "IDLE", timeout=10)
+    until(lambda: tms_screen(term) == "IDLE", timeout=10)
     order = term.push("12.60")
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
     term.present("nfc", "present visa", order)

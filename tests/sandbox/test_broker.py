@@ -22,22 +22,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sandbox import broker as broker_mod
-from sandbox.broker import (
+from sandbox import broker_mosquitto as broker_mod
+from sandbox.broker import TMS_USER, BrokerError, Credentials, connack_code, new_password
+from sandbox.broker_mosquitto import (
     MOSQUITTO_ACL,
-    NATS_MQTT_DELIVERY,
-    TMS_USER,
-    BrokerError,
-    Credentials,
     MosquittoBroker,
-    NatsCluster,
-    connack_code,
     mosquitto_password_line,
     mosquitto_password_ok,
-    nats_subject,
-    nats_user,
-    new_password,
 )
+from sandbox.broker_nats import NATS_MQTT_DELIVERY, NatsCluster, nats_subject, nats_user
 
 
 def test_missing_mosquitto_says_how_to_install(

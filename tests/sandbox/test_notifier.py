@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +19,7 @@ from cloud.messages import TransStatus, TransType
 from cloud.signing import generate_key_pem
 from sandbox.notifier import MAX_ATTEMPTS, SCHEDULE_S, Notifier, retry_delay_s
 from sandbox.store import Order, Store
+from tests.waiting import async_until
 
 PRIVATE, PUBLIC = generate_key_pem()
 
@@ -91,10 +91,7 @@ async def test_only_200_success_counts(store: Store) -> None:
         notifier = Notifier(store, PRIVATE, time_scale=0.001)
         task = asyncio.create_task(notifier.run())
         try:
-            for _ in range(500):
-                if len(server.bodies) >= 3:
-                    break
-                await asyncio.sleep(0.01)
+            await async_until(lambda: len(server.bodies) >= 3)
             await asyncio.sleep(0.05)
         finally:
             task.cancel()
@@ -126,12 +123,8 @@ def _order(notify_url: str, trans_no: str = "T2") -> Order:
 async def _deliver_all(store: Store, server: _Server, count: int) -> None:
     notifier = Notifier(store, PRIVATE, time_scale=0.001)
     task = asyncio.create_task(notifier.run())
-    deadline = time.monotonic() + 30  # a wall-clock deadline, whatever the machine's speed
     try:
-        while time.monotonic() < deadline:
-            if len(server.bodies) >= count:
-                break
-            await asyncio.sleep(0.01)
+        await async_until(lambda: len(server.bodies) >= count, timeout=30)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

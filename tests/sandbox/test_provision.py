@@ -11,7 +11,8 @@ from agent.config import load_config as agent_load_config
 from agent.config import mqtt_password, technician_pin_hash
 from agent.technician import verify_pin
 from cloud.config import load_config
-from sandbox.broker import TMS_USER, MosquittoBroker, mosquitto_password_ok
+from sandbox.broker import TMS_USER
+from sandbox.broker_mosquitto import MosquittoBroker, mosquitto_password_ok
 from sandbox.keys import Layout
 from sandbox.provision import (
     ProvisionError,

@@ -28,6 +28,7 @@ from agent.setup_access import SetupAccess
 from agent.technician import hash_pin
 from cloud.messages import Screen
 from cloud.signing import generate_key_pem
+from tests.waiting import async_until
 from ui.app import CheckoutApp
 
 NOW = 1_800_000_000_000  # the frozen clock (ms)
@@ -146,12 +147,11 @@ def make_app(
 
 
 async def until(pilot: Any, cond: Callable[[], object], what: str = "the screen") -> None:
-    """Wait (up to 4 s) for ``cond()``."""
-    for _ in range(200):
-        if cond():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError(f"{what} did not change")
+    """``tests.waiting.async_until`` that lets the app run between checks:
+    ``pilot.pause`` (waits for the screen, then sleeps, then fires due timers)
+    instead of a bare ``asyncio.sleep``, so what ``cond`` reads (the rendered
+    screen, the app's view) has been brought up to date before each check."""
+    await async_until(cond, f"{what} to change", interval=0.02, sleep=pilot.pause)
 
 
 def screen_text(app: CheckoutApp) -> str:
