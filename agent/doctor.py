@@ -2,7 +2,7 @@
 
 Checks, in order: config, keys, clock (against the gateway's HTTP ``Date``;
 pushes older than 15 minutes are refused, docs/protocol.md part C), broker
-(``mqtt_link.test_connection``: dns, tcp, tls, auth, subscribe), gateway (a
+(``mqtt_link.probe_connection``: dns, tcp, tls, auth, subscribe), gateway (a
 signed ``cashier.trans.detail`` round trip), readers (probe only). Prints
 ``OK``/``FAIL``/``WARN`` lines and returns 1 if any check failed, 78 when the
 config itself cannot be read.
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from agent.config import AgentConfig, ConfigError, check_files, load_config
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.http11 import Http11Client, HttpError
-from agent.mqtt_link import test_connection
+from agent.mqtt_link import probe_connection
 from cloud.errors import KeyLoadError
 from cloud.signing import load_private_key, load_public_key
 
@@ -85,7 +85,7 @@ async def run_doctor(path: str) -> int:
     failed |= verdict == "FAIL"
     _line(verdict, "clock", detail)
 
-    ok, stage, reason = await test_connection(cfg.mqtt, cfg.terminal.sn, 10.0)
+    ok, stage, reason = await probe_connection(cfg.mqtt, cfg.terminal.sn, 10.0)
     failed |= not ok
     _line("OK" if ok else "FAIL", "broker", f"{cfg.mqtt.url}: {stage}: {reason}")
 

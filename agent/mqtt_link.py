@@ -76,7 +76,7 @@ Contract:
   than a publish round trip may be skipped) and a burst never floods the
   broker. Every connect publishes the status as it is then. Neither it nor
   ``publish_status`` raises.
-* ``test_connection`` is a one-shot probe for the setup screen and the doctor
+* ``probe_connection`` is a one-shot probe for the setup screen and the doctor
   with client id ``{sn}-probe`` and a clean session, so it never takes over
   the terminal's session. Broker ACLs written with ``%c`` (client id) must
   allow that id for the probe to pass the subscribe stage.
@@ -124,8 +124,8 @@ __all__ = [
     "PushHandler",
     "events_topic",
     "orders_topic",
+    "probe_connection",
     "status_topic",
-    "test_connection",
 ]
 
 log = logging.getLogger(__name__)
@@ -945,7 +945,7 @@ def _status_key(status: TerminalStatus) -> bytes:
     return msgspec.json.encode(msgspec.structs.replace(status, timestamp=""))
 
 
-async def test_connection(cfg: MqttConfig, sn: str, timeout: float) -> tuple[bool, str, str]:
+async def probe_connection(cfg: MqttConfig, sn: str, timeout: float) -> tuple[bool, str, str]:
     """Probe the broker the way the link would connect, without touching the
     terminal's session. Returns ``(ok, stage, reason)``: ``stage`` is where it
     stopped (``dns``, ``tcp``, ``tls``, ``auth``, ``subscribe``) or ``ok``;
@@ -1022,6 +1022,3 @@ async def _probe(cfg: MqttConfig, sn: str, progress: list[Stage]) -> tuple[bool,
             f"connected to {host}:{port} as {sn}-probe (MQTT {version}) and subscribed to "
             f"{orders_topic(sn)}",
         )
-
-
-test_connection.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

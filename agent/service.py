@@ -47,7 +47,7 @@ from agent.engine import Engine
 from agent.engine_settings import EngineSettings
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.journal import Journal
-from agent.mqtt_link import STATUS_HOLD, ConnectionState, MqttLink, test_connection
+from agent.mqtt_link import STATUS_HOLD, ConnectionState, MqttLink, probe_connection
 from agent.notify import Notifier
 from agent.setup_access import LOCKED as SETUP_LOCKED
 from agent.setup_access import SetupAccess
@@ -459,7 +459,7 @@ class AgentService:
             ok, text = await self.reload()
             return ReloadReply(ok=ok, reason=text)
         if isinstance(intent, bp.CheckConnectionIntent):
-            ok, stage, reason = await test_connection(self.cfg.mqtt, self.cfg.terminal.sn, 10.0)
+            ok, stage, reason = await probe_connection(self.cfg.mqtt, self.cfg.terminal.sn, 10.0)
             gw_ok, gw_reason = (False, "not configured")
             if self.gateway is not None:
                 gw_ok, gw_reason = await self.gateway.ping()

@@ -475,29 +475,29 @@ async def test_status_published_on_change_only_and_bursts_coalesced(
             assert seen == [Screen.READING, Screen.WAITING_FOR_CARD, Screen.IDLE]
 
 
-# ---------------------------------------------------------------- test_connection
+# ---------------------------------------------------------------- probe_connection
 
 
 async def test_probe_ok_tcp_dns(broker: MosquittoBroker) -> None:
     cfg = MqttConfig(url=broker.url)
-    ok, stage, reason = await mqtt_link.test_connection(cfg, SN, 10)
+    ok, stage, reason = await mqtt_link.probe_connection(cfg, SN, 10)
     assert (ok, stage) == (True, "ok"), reason
     assert f"as {SN}-probe (MQTT 5)" in reason
 
     closed = MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}")
-    ok, stage, reason = await mqtt_link.test_connection(closed, SN, 10)
+    ok, stage, reason = await mqtt_link.probe_connection(closed, SN, 10)
     assert (ok, stage) == (False, "tcp")
     assert "refused the connection" in reason
 
     unknown = MqttConfig(url="mqtt://no-such-broker.invalid:1883")
-    ok, stage, reason = await mqtt_link.test_connection(unknown, SN, 10)
+    ok, stage, reason = await mqtt_link.probe_connection(unknown, SN, 10)
     assert (ok, stage) == (False, "dns")
     assert reason.startswith("cannot resolve no-such-broker.invalid")
 
 
 async def test_probe_does_not_take_the_terminal_session(broker: MosquittoBroker) -> None:
     async with terminal(broker.url) as term:
-        ok, _stage, reason = await mqtt_link.test_connection(MqttConfig(url=broker.url), SN, 10)
+        ok, _stage, reason = await mqtt_link.probe_connection(MqttConfig(url=broker.url), SN, 10)
         assert ok, reason
         await asyncio.sleep(0.2)
         assert term.link.state is ConnectionState.CONNECTED
@@ -577,7 +577,7 @@ class RefuseV5Proxy:
 
 async def test_falls_back_to_311_when_the_broker_refuses_5(broker: MosquittoBroker) -> None:
     async with RefuseV5Proxy(broker) as proxy:
-        ok, stage, reason = await mqtt_link.test_connection(MqttConfig(url=proxy.url), SN, 10)
+        ok, stage, reason = await mqtt_link.probe_connection(MqttConfig(url=proxy.url), SN, 10)
         assert (ok, stage) == (True, "ok")
         assert "(MQTT 3.1.1)" in reason
 
@@ -708,7 +708,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 async def test_tls_with_client_certificate(tls_broker: tuple[str, Path]) -> None:
     url, d = tls_broker
     tls = {"ca_file": d / "ca.crt", "cert_file": d / "client.crt", "key_file": d / "client.key"}
-    ok, stage, reason = await mqtt_link.test_connection(MqttConfig(url=url, **tls), SN, 10)  # type: ignore[arg-type]
+    ok, stage, reason = await mqtt_link.probe_connection(MqttConfig(url=url, **tls), SN, 10)  # type: ignore[arg-type]
     assert (ok, stage) == (True, "ok"), reason
 
     async with terminal(url, **tls) as term:
@@ -716,7 +716,7 @@ async def test_tls_with_client_certificate(tls_broker: tuple[str, Path]) -> None
         await term.link.publish_event(b"{}")
 
     rogue = {**tls, "ca_file": d / "rogue-ca.crt"}
-    ok, stage, reason = await mqtt_link.test_connection(MqttConfig(url=url, **rogue), SN, 10)  # type: ignore[arg-type]
+    ok, stage, reason = await mqtt_link.probe_connection(MqttConfig(url=url, **rogue), SN, 10)  # type: ignore[arg-type]
     assert (ok, stage) == (False, "tls")
     assert "certificate verify failed" in reason
     # The link fails at the same stage and leaks no socket (filterwarnings=error).

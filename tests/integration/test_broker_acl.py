@@ -450,7 +450,7 @@ def test_the_agents_connection_probe_passes_with_its_credentials(
 
     async def probe(password_file: Path) -> tuple[bool, str, str]:
         cfg = MqttConfig(url=fleet.broker.url, username="TA", password_file=password_file)
-        return await mqtt_link.test_connection(cfg, "TA", WAIT)
+        return await mqtt_link.probe_connection(cfg, "TA", WAIT)
 
     ok, stage, reason = asyncio.run(probe(good))
     assert (ok, stage) == (True, "ok"), reason
