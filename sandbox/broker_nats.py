@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,7 +303,7 @@ class NatsCluster:
         deadline = time.monotonic() + self.start_timeout
         for i in which:
             node = self.nodes[i]
-            while not self._serves_mqtt(node):
+            while not (self._serves_mqtt(node) and self._joined(node)):
                 if node.proc is None or node.proc.poll() is not None:
                     raise BrokerError(f"nats-server {node.name} exited:\n{self._log_tail(node)}")
                 if time.monotonic() > deadline:
@@ -311,6 +312,27 @@ class NatsCluster:
                         f"{self.start_timeout} s:\n{self._log_tail(node)}"
                     )
                 time.sleep(0.1)
+
+    def _joined(self, node: _NatsNode) -> bool:
+        """Routed to every other node and JetStream has a metadata leader
+        (the monitoring port's /routez and /jsz). A node accepts MQTT CONNECTs
+        before that ("Waiting for routing to be established"), and a push
+        published then could wait a minute: the suite under stress-ng saw it."""
+        if len(self.nodes) < 2:
+            return True
+        try:
+            routes = self._monitor(node, "routez").get("num_routes", 0)
+            meta = self._monitor(node, "jsz").get("meta_cluster") or {}
+        except (OSError, ValueError):
+            return False
+        return bool(routes >= len(self.nodes) - 1 and meta.get("leader"))
+
+    def _monitor(self, node: _NatsNode, page: str) -> dict[str, Any]:
+        url = f"http://{self.host}:{node.http_port}/{page}"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy env
+        with direct.open(url, timeout=2.0) as answer:
+            data = json.loads(answer.read())
+        return data if isinstance(data, dict) else {}
 
     def _serves_mqtt(self, node: _NatsNode) -> bool:
         """An MQTT 3.1.1 CONNECT gets a CONNACK accepting it (it needs JetStream)."""
