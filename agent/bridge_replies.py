@@ -89,7 +89,7 @@ class ReloadReply(_Data, frozen=True, kw_only=True):
 
 
 class ConnectionCheckReply(_Data, frozen=True, kw_only=True):
-    """``test_connection`` (the intent; ``agent.mqtt_link.probe_connection``):
+    """``test_connection`` (the intent; ``agent.mqtt.probe.probe_connection``):
     the broker, then the gateway. ``stage`` is where it failed (dns, tcp,
     tls, auth, subscribe, gateway) or ``done``."""
 

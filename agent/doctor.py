@@ -2,7 +2,7 @@
 
 Checks, in order: config, keys, clock (against the gateway's HTTP ``Date``;
 pushes older than 15 minutes are refused, docs/protocol.md part C), broker
-(``mqtt_link.probe_connection``: dns, tcp, tls, auth, subscribe), gateway (a
+(``agent.mqtt.probe.probe_connection``: dns, tcp, tls, auth, subscribe), gateway (a
 signed ``cashier.trans.detail`` round trip), readers (probe only). Prints
 ``OK``/``FAIL``/``WARN`` lines and returns 1 if any check failed, 78 when the
 config itself cannot be read.
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from agent.config import AgentConfig, ConfigError, check_files, load_config
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.http11 import Http11Client, HttpError
-from agent.mqtt_link import probe_connection
+from agent.mqtt.probe import probe_connection
 from cloud.errors import KeyLoadError
 from cloud.signing import load_private_key, load_public_key
 

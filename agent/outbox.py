@@ -26,7 +26,7 @@ from agent.clock import Clock
 from agent.durability import Durability
 from agent.gateway import GatewayClient
 from agent.journal import Journal, JournalError, OutboxRow
-from agent.mqtt_link import LinkDown, LinkError
+from agent.mqtt.errors import LinkDown, LinkError
 from cloud import envelope
 from cloud import messages as m
 from cloud.errors import CloudRejected, CloudUnavailable

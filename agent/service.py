@@ -42,12 +42,14 @@ from agent.bridge_replies import (
     SetupModeReply,
     StatusReply,
 )
+from agent.coalescing import STATUS_HOLD
 from agent.config import AgentConfig, ConfigError, load_config, trust_problems
 from agent.engine import Engine
 from agent.engine_settings import EngineSettings
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.journal import Journal
-from agent.mqtt_link import STATUS_HOLD, ConnectionState, MqttLink, probe_connection
+from agent.mqtt.link import ConnectionState, MqttLink
+from agent.mqtt.probe import probe_connection
 from agent.notify import Notifier
 from agent.setup_access import LOCKED as SETUP_LOCKED
 from agent.setup_access import SetupAccess

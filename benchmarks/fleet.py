@@ -21,7 +21,7 @@ as docs/operations.md "The figures" asks:
   (one more session in a terminal process) that acknowledges at once and
   echoes an event-sized message, with no verification, storage or signature.
 
-A simulated terminal does what ``agent.mqtt_link`` and the journal do with a
+A simulated terminal does what ``agent.mqtt.link`` and the journal do with a
 push (verify, store with fsync, acknowledge, report): see
 ``benchmarks.fleet_terminal``.
 

@@ -7,7 +7,7 @@ and 5 a terminal and the TMS use: CONNECT with a user and a will,
 SUBSCRIBE, QoS 1 PUBLISH and PUBACK, PINGREQ, DISCONNECT) on an
 ``asyncio.Protocol`` (``Conn``) that resolves a future per CONNACK, SUBACK
 and PUBACK. Framing is ``benchmarks.stamps``' (``PacketReader``). A session
-is made as ``agent.mqtt_link`` makes its own: persistent, keepalive 30 s,
+is made as ``agent.mqtt.session`` makes the link's: persistent, keepalive 30 s,
 MQTT 5's Maximum Packet Size announced, no Nagle.
 """
 
@@ -25,7 +25,7 @@ from cloud.messages import MAX_PUSH_BYTES
 
 KEEPALIVE = 30  # the agent's default
 SESSION_EXPIRY = 24 * 3600
-MAX_PACKET = MAX_PUSH_BYTES + 1024  # as agent.mqtt_link announces
+MAX_PACKET = MAX_PUSH_BYTES + 1024  # as agent.mqtt.session announces
 # Unacknowledged QoS 1 publishes per connection: at most this, and at most
 # the broker's MQTT 5 Receive Maximum (Mosquitto's is its max_inflight_messages,
 # 20). NATS stores each QoS 1 publish in JetStream (three replicas) before its

@@ -9,7 +9,7 @@ then, after ``stop`` on stdin, one more with the stamps of every push (its
 arrival, and its PUBACK) and what the process cost.
 
 What a simulated terminal does (part C of docs/protocol.md, as
-``agent.mqtt_link`` does it): client id and user = its SN, its own
+``agent.mqtt.link`` does it): client id and user = its SN, its own
 password; a persistent session (MQTT 5 on Mosquitto: clean start off,
 session expiry 24 h, Maximum Packet Size 65 KiB; 3.1.1 on NATS, which
 speaks nothing else: clean session off); keepalive 30 s; its will is the

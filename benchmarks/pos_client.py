@@ -40,7 +40,6 @@ from typing import Any
 
 import httpx
 
-from agent.mqtt_link import events_topic
 from benchmarks.latency_rig import (
     MqttTap,
     TimedScreens,
@@ -58,6 +57,7 @@ from cloud.config import PosConfig, load_config
 from cloud.messages import TransStatus
 from cloud.notify_server import NotifyServer, notification_handler
 from cloud.pos import AsyncPosClient
+from cloud.topics import events_topic
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import SandboxHandle
 

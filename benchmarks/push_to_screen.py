@@ -61,7 +61,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.mqtt_link import events_topic, orders_topic
 from benchmarks.latency_rig import (
     BENCH_RESULT_SECONDS,
     MqttTap,
@@ -76,6 +75,7 @@ from benchmarks.latency_rig import (
     summary,
     workdir,
 )
+from cloud.topics import events_topic, orders_topic
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import SandboxHandle
 

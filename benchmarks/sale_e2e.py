@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.gateway import GatewayClient, GatewayIdentity, OrderRef
-from agent.mqtt_link import events_topic
 from benchmarks.latency_rig import (
     BENCH_RESULT_SECONDS,
     MqttTap,
@@ -65,6 +64,7 @@ from cloud.notify_server import NotifyServer, notification_handler
 from cloud.pos import AsyncPosClient
 from cloud.signing import load_private_key, load_public_key
 from cloud.timeline import HOPS
+from cloud.topics import events_topic
 from drivers.base import CardRead, EntryMode
 from tests.integration.agent_rig import Terminal
 from tests.integration.conftest import SandboxHandle

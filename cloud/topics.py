@@ -1,6 +1,6 @@
 """The MQTT topic layout of part C (docs/protocol.md), in one place.
 
-The terminal (``agent.mqtt_link``), the TMS (``sandbox.tms``), the broker
+The terminal (``agent.mqtt.link``), the TMS (``sandbox.tms``), the broker
 ACLs (``sandbox.broker``), the tests and the benchmarks all build and parse
 topic names here, so the layout cannot drift between them. Pure.
 

@@ -266,7 +266,7 @@ class EventSink:
         self.changed = asyncio.Event()
 
     async def publish(self, payload: bytes) -> None:
-        from agent.mqtt_link import LinkDown
+        from agent.mqtt.errors import LinkDown
 
         if not self.up:
             raise LinkDown("down")

@@ -28,10 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import mqtt_link
 from agent.backoff import Backoff
 from agent.config import MqttConfig
-from agent.mqtt_link import ConnectionState, LinkDown, MqttLink
+from agent.mqtt.errors import LinkDown
+from agent.mqtt.link import ConnectionState, MqttLink
+from agent.mqtt.probe import probe_connection
+from agent.mqtt.session import MAX_PACKET_BYTES
 from cloud.messages import MAX_PUSH_BYTES, Screen, TerminalStatus
 from sandbox.broker import free_port
 from sandbox.broker_mosquitto import MosquittoBroker, find_mosquitto
@@ -223,7 +225,7 @@ async def test_push_is_delivered_once_and_acknowledged_after_on_push(
 KILLED_TERMINAL = """
 import asyncio, sys
 from agent.config import MqttConfig
-from agent.mqtt_link import MqttLink
+from agent.mqtt.link import MqttLink
 from cloud.messages import TerminalStatus
 
 async def main() -> None:
@@ -320,14 +322,14 @@ async def test_broker_drops_a_push_over_the_announced_packet_size(
     broker: MosquittoBroker,
 ) -> None:
     """Under MQTT 5 the link announces a Maximum Packet Size
-    (``mqtt_link.MAX_PACKET_BYTES``): Mosquitto 2.0 discards a bigger QoS 1
+    (``agent.mqtt.session.MAX_PACKET_BYTES``): Mosquitto 2.0 discards a bigger QoS 1
     message for this client (the publisher still gets its PUBACK; the broker
     logs "Dropping too large outgoing PUBLISH"), never delivers it, and does
     not keep it for a redelivery - the next push arrives, and a reconnect
     brings nothing back. The same for one queued while the terminal was
     offline: dropped when it returns, the pushes behind it delivered."""
     big = b"x" * (MAX_PUSH_BYTES + 2048)
-    assert len(big) > mqtt_link.MAX_PACKET_BYTES
+    assert len(big) > MAX_PACKET_BYTES
     fits = b"y" * MAX_PUSH_BYTES  # the largest push the terminal takes gets through
     with peer(broker.host, broker.port) as tms:
         async with terminal(broker.url) as term:
@@ -480,24 +482,24 @@ async def test_status_published_on_change_only_and_bursts_coalesced(
 
 async def test_probe_ok_tcp_dns(broker: MosquittoBroker) -> None:
     cfg = MqttConfig(url=broker.url)
-    ok, stage, reason = await mqtt_link.probe_connection(cfg, SN, 10)
+    ok, stage, reason = await probe_connection(cfg, SN, 10)
     assert (ok, stage) == (True, "ok"), reason
     assert f"as {SN}-probe (MQTT 5)" in reason
 
     closed = MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}")
-    ok, stage, reason = await mqtt_link.probe_connection(closed, SN, 10)
+    ok, stage, reason = await probe_connection(closed, SN, 10)
     assert (ok, stage) == (False, "tcp")
     assert "refused the connection" in reason
 
     unknown = MqttConfig(url="mqtt://no-such-broker.invalid:1883")
-    ok, stage, reason = await mqtt_link.probe_connection(unknown, SN, 10)
+    ok, stage, reason = await probe_connection(unknown, SN, 10)
     assert (ok, stage) == (False, "dns")
     assert reason.startswith("cannot resolve no-such-broker.invalid")
 
 
 async def test_probe_does_not_take_the_terminal_session(broker: MosquittoBroker) -> None:
     async with terminal(broker.url) as term:
-        ok, _stage, reason = await mqtt_link.probe_connection(MqttConfig(url=broker.url), SN, 10)
+        ok, _stage, reason = await probe_connection(MqttConfig(url=broker.url), SN, 10)
         assert ok, reason
         await asyncio.sleep(0.2)
         assert term.link.state is ConnectionState.CONNECTED
@@ -577,7 +579,7 @@ class RefuseV5Proxy:
 
 async def test_falls_back_to_311_when_the_broker_refuses_5(broker: MosquittoBroker) -> None:
     async with RefuseV5Proxy(broker) as proxy:
-        ok, stage, reason = await mqtt_link.probe_connection(MqttConfig(url=proxy.url), SN, 10)
+        ok, stage, reason = await probe_connection(MqttConfig(url=proxy.url), SN, 10)
         assert (ok, stage) == (True, "ok")
         assert "(MQTT 3.1.1)" in reason
 
@@ -708,7 +710,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 async def test_tls_with_client_certificate(tls_broker: tuple[str, Path]) -> None:
     url, d = tls_broker
     tls = {"ca_file": d / "ca.crt", "cert_file": d / "client.crt", "key_file": d / "client.key"}
-    ok, stage, reason = await mqtt_link.probe_connection(MqttConfig(url=url, **tls), SN, 10)  # type: ignore[arg-type]
+    ok, stage, reason = await probe_connection(MqttConfig(url=url, **tls), SN, 10)  # type: ignore[arg-type]
     assert (ok, stage) == (True, "ok"), reason
 
     async with terminal(url, **tls) as term:
@@ -716,7 +718,7 @@ async def test_tls_with_client_certificate(tls_broker: tuple[str, Path]) -> None
         await term.link.publish_event(b"{}")
 
     rogue = {**tls, "ca_file": d / "rogue-ca.crt"}
-    ok, stage, reason = await mqtt_link.probe_connection(MqttConfig(url=url, **rogue), SN, 10)  # type: ignore[arg-type]
+    ok, stage, reason = await probe_connection(MqttConfig(url=url, **rogue), SN, 10)  # type: ignore[arg-type]
     assert (ok, stage) == (False, "tls")
     assert "certificate verify failed" in reason
     # The link fails at the same stage and leaks no socket (filterwarnings=error).

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from agent import notify as sd
+from agent.coalescing import STATUS_HOLD
 from agent.config import AgentConfig, GatewayConfig, MqttConfig, TerminalConfig, UiConfig
-from agent.mqtt_link import STATUS_HOLD
 from agent.notify import Notifier
 from agent.service import AgentService
 

@@ -52,8 +52,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent import mqtt_link
 from agent.config import MqttConfig
+from agent.mqtt.probe import probe_connection
 from cloud.topics import events_topic, every_terminal, orders_topic, status_topic
 from sandbox.broker import TMS_USER, Credentials, new_password
 from sandbox.broker_mosquitto import MosquittoBroker
@@ -450,7 +450,7 @@ def test_the_agents_connection_probe_passes_with_its_credentials(
 
     async def probe(password_file: Path) -> tuple[bool, str, str]:
         cfg = MqttConfig(url=fleet.broker.url, username="TA", password_file=password_file)
-        return await mqtt_link.probe_connection(cfg, "TA", WAIT)
+        return await probe_connection(cfg, "TA", WAIT)
 
     ok, stage, reason = asyncio.run(probe(good))
     assert (ok, stage) == (True, "ok"), reason
