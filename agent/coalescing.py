@@ -36,11 +36,6 @@ class Coalescer:
         self._hold = hold
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def pending(self) -> bool:
-        """True while a flush is on its way."""
-        return self._timer is not None
-
     def poke(self) -> None:
         """Something changed: flush at the end of the hold (armed now unless it is)."""
         if self._timer is None:
