@@ -69,7 +69,10 @@ __all__ = [
     "ManagedReader",
     "ReaderSpec",
     "ReaderSpecError",
+    "check_baud",
+    "check_port",
     "create_reader",
+    "parse_options",
     "parse_spec",
 ]
 
@@ -100,7 +103,9 @@ class ReaderSpec:
         return f"{self.kind}:{self.port}{opts}"
 
 
-def _check_baud(value: str) -> None:
+def check_baud(value: str) -> None:
+    """A ``baud=`` value: one of ``BAUD_RATES``. Raises ReaderSpecError (also used
+    for printer specs, ``drivers.escpos.spec``)."""
     if not value.isdigit() or int(value) not in BAUD_RATES:
         raise ReaderSpecError(
             f"baud={value!r} is not a standard rate; use one of {', '.join(map(str, BAUD_RATES))}"
@@ -139,7 +144,7 @@ def _check_seconds(key: str) -> _Check:
 
 
 _COMMON: dict[str, _Check] = {
-    "baud": _check_baud,
+    "baud": check_baud,
     "prefix": _check_escapes("prefix"),
     "suffix": _check_escapes("suffix"),
     "terminator": _check_choice("terminator", "auto", "none"),
@@ -159,7 +164,9 @@ _OPTIONS: dict[str, dict[str, _Check] | None] = {
 }
 
 
-def _check_port(port: str) -> None:
+def check_port(port: str) -> None:
+    """A PORT as the contract above allows it. Raises ReaderSpecError (also used
+    for printer specs, ``drivers.escpos.spec``)."""
     if not port:
         raise ReaderSpecError("the port is empty; use a device path such as /dev/ttyUSB0 or a URL")
     if "://" in port:
@@ -180,6 +187,25 @@ def _check_port(port: str) -> None:
         )
 
 
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """The ``;key=value`` parts of a spec to a dict (keys lower-cased, blanks
+    skipped). Raises ReaderSpecError for a part that is not key=value or a key
+    given twice (also used for printer specs, ``drivers.escpos.spec``)."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, eq, value = pair.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not eq or not _KEY.match(key):
+            raise ReaderSpecError(f"option {pair!r} is not key=value")
+        if key in options:
+            raise ReaderSpecError(f"option {key!r} is given twice")
+        options[key] = value
+    return options
+
+
 def parse_spec(spec: str) -> ReaderSpec:
     """``KIND:PORT[;key=value...]`` to a ``ReaderSpec``. Raises ReaderSpecError."""
     spec = spec.strip()
@@ -194,19 +220,10 @@ def parse_spec(spec: str) -> ReaderSpec:
         raise ReaderSpecError(f"reader kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     port, *pairs = rest.split(";")
     port = port.strip()
-    _check_port(port)
+    check_port(port)
     allowed = _OPTIONS[kind]
-    options: dict[str, str] = {}
-    for pair in pairs:
-        pair = pair.strip()
-        if not pair:
-            continue
-        key, eq, value = pair.partition("=")
-        key, value = key.strip().lower(), value.strip()
-        if not eq or not _KEY.match(key):
-            raise ReaderSpecError(f"option {pair!r} is not key=value")
-        if key in options:
-            raise ReaderSpecError(f"option {key!r} is given twice")
+    options = parse_options(pairs)
+    for key, value in options.items():
         if allowed is not None:
             check = allowed.get(key)
             if check is None:
@@ -214,7 +231,6 @@ def parse_spec(spec: str) -> ReaderSpec:
                     f"option {key!r} is not known for {kind}; allowed: {', '.join(sorted(allowed))}"
                 )
             check(value)
-        options[key] = value
     return ReaderSpec(kind, port, options)
 
 

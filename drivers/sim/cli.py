@@ -1,4 +1,5 @@
-"""``sadad-reader-sim``: a simulated reader on a pty, for the demo, tests and technicians.
+"""``sadad-reader-sim``: a simulated reader or receipt printer on a pty, for the demo,
+tests and technicians.
 
 Usage::
 
@@ -6,6 +7,7 @@ Usage::
         [--interval S] [--baud N --pace] [--chunk N] [--garbage]
         [--model generic|honeywell|cipherlab] [--aim] [--crlf]
         [--format idtech|magtek] [--lrc]
+    sadad-reader-sim printer --link PATH --out FILE [--baud N --pace] [--chunk N]
 
 It creates a pty, symlinks the device end at PATH (configure the agent with
 ``KIND:PATH``), prints ``ready PATH`` (flushed) and serves the device until
@@ -19,6 +21,15 @@ removed on exit and ``bye`` printed. Commands on stdin, one per line:
   between two frames (inside one with ``--chunk`` or ``--pace``); the driver
   must resynchronise;
 * ``quit``.
+
+``printer`` is an ESC/POS receipt printer (``drivers.sim.printer``,
+configure the agent with ``escpos:PATH``): each receipt it cuts is appended
+to ``--out FILE`` (required), followed by a line of 20 '='. Its commands:
+``paper-out`` / ``paper-in``, ``cover-open`` / ``cover-close``, ``offline`` /
+``online`` (while not ready it drops what it is sent, and says so in its
+status replies), ``status`` (prints the state and the printed/dropped
+counts), and ``unplug``, ``replug``, ``garbage``, ``quit`` as above;
+``present`` and ``remove`` answer that printers take no cards.
 
 ``--auto`` presents by itself: NFC and scanners with an enable command
 present once each time the driver arms them; output-only swipe readers and
@@ -39,9 +50,12 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from drivers.sim.magstripe import FORMATS, SIM_SWIPES, MagstripeSim
+from drivers.sim.printer import COMMANDS as PRINTER_COMMANDS
+from drivers.sim.printer import PrinterSim
 from drivers.sim.pty import PtyPeer
 from drivers.sim.scanner import SIM_CODES, ScannerSim
 
@@ -85,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sadad-reader-sim", description="Simulated card reader on a pty."
     )
-    p.add_argument("kind", choices=("nfc", "magstripe", "scanner"))
+    p.add_argument("kind", choices=("nfc", "magstripe", "scanner", "printer"))
     p.add_argument("--link", required=True, help="path of the symlink to the pty device")
     p.add_argument("--card", help="default card or code name")
     p.add_argument("--auto", action="store_true", help="present by itself (see --help text)")
@@ -99,10 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crlf", action="store_true", help="scanner: end lines with CR LF")
     p.add_argument("--format", default="idtech", choices=FORMATS, help="swipe output format")
     p.add_argument("--lrc", action="store_true", help="swipe: send the LRC after each track")
+    p.add_argument("--out", type=Path, help="printer: file the printed receipts are appended to")
     return p
 
 
 def _make_sim(args: argparse.Namespace, peer: PtyPeer) -> _Sim:
+    if args.kind == "printer":
+        return PrinterSim(peer, args.out)
     if args.kind == "magstripe":
         return MagstripeSim(
             peer,
@@ -143,7 +160,7 @@ def _say(text: str) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     pace = args.baud if args.pace else None
     if args.pace and not args.baud:
-        pace = 9600 if args.kind != "nfc" else 115200
+        pace = {"nfc": 115200, "printer": 19200}.get(args.kind, 9600)
     peer = PtyPeer(
         args.link,
         pace_baud=pace,
@@ -204,11 +221,26 @@ async def _serve(args: argparse.Namespace) -> int:
     return code
 
 
+# the reader commands a printer shares (present/remove only say it takes no cards)
+_GENERAL_COMMANDS = frozenset(
+    ("", "present", "p", "remove", "unplug", "replug", "garbage", "quit", "exit", "q")
+)
+
+
 async def _command(line: str, sim: _Sim, peer: PtyPeer) -> bool:
     """Run one stdin command; False to quit."""
     word, _, arg = line.partition(" ")
     arg = arg.strip()
-    if word in ("", "present", "p"):
+    if isinstance(sim, PrinterSim) and word in PRINTER_COMMANDS:
+        _say(sim.apply(word))
+    elif isinstance(sim, PrinterSim) and word == "status":
+        _say(sim.describe())
+    elif isinstance(sim, PrinterSim) and word not in _GENERAL_COMMANDS:
+        _say(
+            "commands: paper-out | paper-in | cover-open | cover-close | offline | online "
+            "| status | unplug | replug | garbage | quit"
+        )
+    elif word in ("", "present", "p"):
         try:
             _say(await sim.present(arg or None))
         except (KeyError, ValueError) as exc:
@@ -232,7 +264,10 @@ async def _command(line: str, sim: _Sim, peer: PtyPeer) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.kind == "printer" and args.out is None:
+        parser.error("printer needs --out FILE (where the printed receipts go)")
     if args.kind == "magstripe" and args.card and args.card not in SIM_SWIPES:
         print(f"sadad-reader-sim: known swipes: {', '.join(SIM_SWIPES)}", file=sys.stderr)
         return 2
