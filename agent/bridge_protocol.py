@@ -22,7 +22,8 @@ stamps from one counter, so every connection sees it strictly increase:
        "snapshot": {"screen": <screen event> | null,
                     "connection": <connection event> | null,
                     "readers": <readers event> | null,
-                    "queue": <queue event> | null}}
+                    "queue": <queue event> | null,
+                    "printer": <printer event> | null}}
 
   so a UI that restarts mid-payment shows the right screen at once.
 * ``screen``::
@@ -48,6 +49,8 @@ stamps from one counter, so every connection sees it strictly increase:
 * ``readers``: ``{"type": "readers", "seq": n, "readers": {name: "ready" |
   "offline" | "fault"}}``
 * ``queue``: ``{"type": "queue", "seq": n, "waiting": n}``
+* ``printer``: ``{"type": "printer", "seq": n, "state": "none" | "ready" |
+  "paper_out" | "cover_open" | "offline", "pending": n}`` (receipts queued)
 * ``reply``: ``{"type": "reply", "seq": n, "id": str, "ok": bool, "data":
   {...}, "error": str | null}`` - the answer to one intent, sent to the
   client that asked only; ``data`` is the intent's reply struct
@@ -58,7 +61,9 @@ stamps from one counter, so every connection sees it strictly increase:
 Intents, UI -> agent: ``{"intent": name, "id": str, ...args}`` where name is
 ``confirm`` / ``cancel`` (optional ``trans_no``: the order the cashier sees),
 ``reload``, ``test_connection``, ``test_reader`` (optional ``reader``: one
-reader name, else all), ``status``, ``enter_setup``, ``leave_setup``.
+reader name, else all), ``status``, ``enter_setup``, ``leave_setup``,
+``history`` (optional ``limit``, 1..50: the last transactions, newest
+first), ``reprint`` (optional ``trans_no``, else the last receipt).
 Unknown extra fields are ignored (forward compatibility); an unknown intent
 or event name is a bad line.
 
@@ -117,6 +122,7 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024  # bytes per line, the terminating newline excluded
+HISTORY_MAX = 50  # transactions a ``history`` reply holds at most (~15 KiB)
 
 # First 6 / last 4 at most, with at least three mask characters between.
 _MASKED_PAN = re.compile(r"\d{0,6}[*xX•]{3,}\d{0,4}")
@@ -162,7 +168,8 @@ class RequestTimeout(BridgeError, TimeoutError):
 # ---------------------------------------------------------------- parts
 
 
-def _check_masked(field: str, value: str | None) -> None:
+def check_masked(field: str, value: str | None) -> None:
+    """Raise ValueError unless ``value`` is None or a masked PAN."""
     if value is not None and not _MASKED_PAN.fullmatch(value):
         # msgspec turns this into a ValidationError when decoding.
         raise ValueError(f"{field} must be a masked PAN (first 6 / last 4 at most)")
@@ -199,7 +206,7 @@ class CardInfo(msgspec.Struct, frozen=True, kw_only=True):
     entry_mode: str | None = None
 
     def __post_init__(self) -> None:
-        _check_masked("masked_pan", self.masked_pan)
+        check_masked("masked_pan", self.masked_pan)
 
 
 Outcome = Literal["approved", "declined", "cancelled", "closed", "expired", "error"]
@@ -212,7 +219,7 @@ class ResultInfo(msgspec.Struct, frozen=True, kw_only=True):
     masked_pan: str | None = None
 
     def __post_init__(self) -> None:
-        _check_masked("masked_pan", self.masked_pan)
+        check_masked("masked_pan", self.masked_pan)
 
 
 # ---------------------------------------------------------------- events
@@ -249,6 +256,15 @@ class QueueEvent(_EventBase, frozen=True, kw_only=True, tag="queue"):
     waiting: int
 
 
+PrinterState = Literal["none", "ready", "paper_out", "cover_open", "offline"]
+"""``none``: no printer configured; the others as its DLE EOT status says."""
+
+
+class PrinterEvent(_EventBase, frozen=True, kw_only=True, tag="printer"):
+    state: PrinterState
+    pending: int = 0  # receipts waiting in the print queue
+
+
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     """The last state event of each kind (None: not published yet)."""
 
@@ -256,6 +272,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     connection: ConnectionEvent | None = None
     readers: ReadersEvent | None = None
     queue: QueueEvent | None = None
+    printer: PrinterEvent | None = None
 
 
 class HelloEvent(_EventBase, frozen=True, kw_only=True, tag="hello"):
@@ -271,10 +288,12 @@ class Reply(_EventBase, frozen=True, kw_only=True, tag="reply"):
     error: str | None = None
 
 
-StateEvent = ScreenEvent | ConnectionEvent | ReadersEvent | QueueEvent
+StateEvent = ScreenEvent | ConnectionEvent | ReadersEvent | QueueEvent | PrinterEvent
 """The events ``BridgeServer.publish`` fans out (and the snapshot holds)."""
 
-Event = HelloEvent | ScreenEvent | ConnectionEvent | ReadersEvent | QueueEvent | Reply
+Event = (
+    HelloEvent | ScreenEvent | ConnectionEvent | ReadersEvent | QueueEvent | PrinterEvent | Reply
+)
 
 
 # ---------------------------------------------------------------- intents
@@ -344,6 +363,18 @@ class SaveSetupIntent(_IntentBase, frozen=True, kw_only=True, tag="save_setup"):
     readers: tuple[tuple[str, str], ...] = ()
 
 
+class HistoryIntent(_IntentBase, frozen=True, kw_only=True, tag="history"):
+    """The last ``limit`` transactions, newest first (the cashier's history)."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=HISTORY_MAX)] = HISTORY_MAX
+
+
+class ReprintIntent(_IntentBase, frozen=True, kw_only=True, tag="reprint"):
+    """Print the customer copy of ``trans_no`` again (None: the last receipt)."""
+
+    trans_no: str | None = None
+
+
 Intent = (
     ConfirmIntent
     | CancelIntent
@@ -356,6 +387,8 @@ Intent = (
     | UnlockSetupIntent
     | ReadSetupIntent
     | SaveSetupIntent
+    | HistoryIntent
+    | ReprintIntent
 )
 
 INTENT_NAMES: tuple[str, ...] = (
@@ -370,6 +403,8 @@ INTENT_NAMES: tuple[str, ...] = (
     "unlock_setup",
     "read_setup",
     "save_setup",
+    "history",
+    "reprint",
 )
 
 

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import msgspec
 
-from agent.bridge_protocol import BridgeProtocolError, Reply
+from agent.bridge_protocol import BridgeProtocolError, Reply, check_masked
 
 
 class _Data(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +128,44 @@ class StatusReply(_Data, frozen=True, kw_only=True):
     queue: tuple[str, ...] = ()
 
 
+class HistoryEntry(_Data, frozen=True, kw_only=True):
+    """One transaction as the cashier's history shows it. ``at_ms``: when it
+    last changed; ``amount``: the total with its currency ("12.50 QAR");
+    ``status``: the journal's phase (APPROVED, DECLINED, ...); the card
+    masked (first 6 / last 4 at most) or a wallet's brand only."""
+
+    trans_no: str = ""
+    merchant_order_no: str = ""
+    at_ms: int = 0
+    amount: str = ""
+    trans_type: str = "sale"
+    status: str = ""
+    masked_pan: str = ""
+    brand: str = ""
+    entry_mode: str = ""
+    auth_code: str = ""
+    reference: str = ""
+    reason: str = ""
+    receipt: bool = False  # a receipt can be printed for it (final, card or code read)
+
+    def __post_init__(self) -> None:
+        check_masked("masked_pan", self.masked_pan or None)
+
+
+class HistoryReply(_Data, frozen=True, kw_only=True):
+    """``history``: newest first."""
+
+    entries: tuple[HistoryEntry, ...] = ()
+
+
+class ReprintReply(_Data, frozen=True, kw_only=True):
+    """``reprint``: queued for the printer (``trans_no``), else why not."""
+
+    ok: bool = False
+    reason: str = ""
+    trans_no: str = ""
+
+
 ReplyData = (
     Refused
     | ActionReply
@@ -139,6 +177,8 @@ ReplyData = (
     | ConnectionCheckReply
     | ReaderCheckReply
     | StatusReply
+    | HistoryReply
+    | ReprintReply
 )
 
 D = TypeVar("D", bound=_Data)

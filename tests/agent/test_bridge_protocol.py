@@ -24,15 +24,18 @@ from agent.bridge_protocol import (
     EnterSetupIntent,
     Event,
     HelloEvent,
+    HistoryIntent,
     Intent,
     LeaveSetupIntent,
     LineDecoder,
     OrderInfo,
+    PrinterEvent,
     QueueEvent,
     ReadersEvent,
     ReadSetupIntent,
     ReloadIntent,
     Reply,
+    ReprintIntent,
     ResultInfo,
     SaveSetupIntent,
     Screen,
@@ -95,6 +98,7 @@ EVENTS: list[Event] = [
     CONN,
     READERS,
     QUEUE,
+    PrinterEvent(state="paper_out", pending=2),
     REPLY,
     REPLY_ERR,
 ]
@@ -112,6 +116,9 @@ INTENTS: list[Intent] = [
     UnlockSetupIntent(id="9", pin="246810"),
     ReadSetupIntent(id="10"),
     SaveSetupIntent(id="11", broker_url="mqtts://b", readers=(("nfc", "pn532:/dev/x"),)),
+    HistoryIntent(id="12", limit=10),
+    ReprintIntent(id="13", trans_no="T1"),
+    ReprintIntent(id="13b"),
 ]
 
 
@@ -316,3 +323,14 @@ def test_protocol_module_is_sans_io() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_a_history_entry_never_holds_a_full_pan() -> None:
+    from agent.bridge_replies import HistoryEntry, HistoryReply, ReprintReply, reply_data
+
+    entry = HistoryEntry(trans_no="T1", amount="12.50 QAR", masked_pan="476173******0010")
+    reply = Reply(id="h", ok=True, data=msgspec.to_builtins(HistoryReply(entries=(entry,))))
+    assert reply_data(reply, HistoryReply).entries == (entry,)
+    assert reply_data(Reply(id="r", ok=True, data={"ok": True}), ReprintReply).ok
+    with pytest.raises(ValueError, match="masked"):
+        HistoryEntry(trans_no="T1", masked_pan="4761739001010010")
