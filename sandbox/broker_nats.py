@@ -127,12 +127,20 @@ class NatsCluster:
     NATS speaks MQTT 3.1.1 only, QoS 0 and 1, and only with JetStream
     (docs/operations.md, "Running a fleet").
 
-    - ``start()`` starts every node and returns once JetStream has a metadata
-      leader and every node accepts an MQTT connection (MQTT connects stall
-      until then; secure, the probe logs in as the TMS). Raises
-      ``BrokerError``.
+    - ``start()`` starts every node and returns once each is routed to the
+      others, healthy (``/healthz``: JetStream current with its metadata
+      leader and with every stream and consumer it holds a replica of) and
+      accepts an MQTT connection (MQTT connects stall until then; secure, the
+      probe logs in as the TMS). Raises ``BrokerError``.
     - ``kill(i)`` SIGKILLs node ``i`` (a crash); ``start_node(i)`` brings it back
       on the same ports and storage; ``stop()`` ends them all.
+    - ``restart()`` restarts every node, one at a time, each back and healthy
+      before the next stops: the rolling restart a NATS cluster is
+      maintained with (docs/operations.md). Stopping all of them at once is
+      not a restart but an outage, after which nats-server 2.9 was seen here
+      (in CI) to stop delivering QoS 1 messages to MQTT sessions for over a
+      minute, as upstream reports for consumers after their leaders restart
+      (nats-io/nats-server#5679, #6025).
     - ``urls`` lists the nodes' MQTT URLs; ``url`` is node 0's (for a client
       that takes one broker).
     - secure: the terminals' users live in ``data_dir/users.json``, the TMS's
@@ -314,18 +322,21 @@ class NatsCluster:
                 time.sleep(0.1)
 
     def _joined(self, node: _NatsNode) -> bool:
-        """Routed to every other node and JetStream has a metadata leader
-        (the monitoring port's /routez and /jsz). A node accepts MQTT CONNECTs
-        before that ("Waiting for routing to be established"), and a push
-        published then could wait a minute: the suite under stress-ng saw it."""
+        """Routed to every other node, JetStream has a metadata leader, and
+        the node is healthy (the monitoring port's /routez, /jsz, /healthz:
+        its JetStream is current with every stream and consumer it holds).
+        A node accepts MQTT CONNECTs before that ("Waiting for routing to be
+        established"), and a push published then could wait a minute: the
+        suite under stress-ng saw it."""
         if len(self.nodes) < 2:
             return True
         try:
             routes = self._monitor(node, "routez").get("num_routes", 0)
             meta = self._monitor(node, "jsz").get("meta_cluster") or {}
+            health = self._monitor(node, "healthz").get("status")
         except (OSError, ValueError):
             return False
-        return bool(routes >= len(self.nodes) - 1 and meta.get("leader"))
+        return bool(routes >= len(self.nodes) - 1 and meta.get("leader") and health == "ok")
 
     def _monitor(self, node: _NatsNode, page: str) -> dict[str, Any]:
         url = f"http://{self.host}:{node.http_port}/{page}"
@@ -361,20 +372,26 @@ class NatsCluster:
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after 5 s). Idempotent."""
         for node in self.nodes:
-            proc, node.proc = node.proc, None
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            self._terminate(node)
+
+    @staticmethod
+    def _terminate(node: _NatsNode) -> None:
+        proc, node.proc = node.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def restart(self) -> None:
-        """Stop and start every node on the same ports and storage."""
-        self.stop()
-        self.start()
+        """Restart every node on the same ports and storage, one at a time
+        (SIGTERM, then back and healthy before the next). Raises BrokerError."""
+        for i in range(len(self.nodes)):
+            self._terminate(self.nodes[i])
+            self.start_node(i)
 
     def __enter__(self) -> NatsCluster:
         self.start()

@@ -143,7 +143,7 @@ def test_acknowledgement_lost_is_processed_once(term: Terminal) -> None:
 
 def test_broker_restart(term: Terminal, fleet: SandboxHandle) -> None:
     assert fleet.broker is not None
-    fleet.broker.restart()  # every node of the cluster
+    fleet.broker.restart()  # every node of the cluster, one at a time
     order = term.push("9.10")
     pay(term, order)
     assert term.settled(order, timeout=FAILOVER_S).phase == "APPROVED"
