@@ -52,6 +52,7 @@ from agent.bridge_protocol import (
     HelloEvent,
     Intent,
     LineDecoder,
+    PrinterEvent,
     QueueEvent,
     ReadersEvent,
     Reply,
@@ -68,7 +69,7 @@ __all__ = ["BridgeServer", "intent_client"]
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=msgspec.Struct)
-SE = TypeVar("SE", ScreenEvent, ConnectionEvent, ReadersEvent, QueueEvent)
+SE = TypeVar("SE", ScreenEvent, ConnectionEvent, ReadersEvent, QueueEvent, PrinterEvent)
 
 DEFAULT_QUEUE = 256  # lines waiting for one client before it is dropped
 MAX_PENDING_INTENTS = 32  # per client
@@ -356,14 +357,17 @@ class BridgeServer:
 
     def _remember(self, event: StateEvent) -> None:
         snap = self._snapshot
-        if isinstance(event, ScreenEvent):
-            snap = msgspec.structs.replace(snap, screen=event)
-        elif isinstance(event, ConnectionEvent):
-            snap = msgspec.structs.replace(snap, connection=event)
-        elif isinstance(event, ReadersEvent):
-            snap = msgspec.structs.replace(snap, readers=event)
-        else:
-            snap = msgspec.structs.replace(snap, queue=event)
+        match event:
+            case ScreenEvent():
+                snap = msgspec.structs.replace(snap, screen=event)
+            case ConnectionEvent():
+                snap = msgspec.structs.replace(snap, connection=event)
+            case ReadersEvent():
+                snap = msgspec.structs.replace(snap, readers=event)
+            case QueueEvent():
+                snap = msgspec.structs.replace(snap, queue=event)
+            case PrinterEvent():
+                snap = msgspec.structs.replace(snap, printer=event)
         self._snapshot = snap
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -50,6 +50,7 @@ from agent.bridge_protocol import (
     ConnectionLost,
     Event,
     HelloEvent,
+    Intent,
     LineDecoder,
     QueueEvent,
     ReadersEvent,
@@ -60,7 +61,7 @@ from agent.bridge_protocol import (
     encode_line,
     intent_from_args,
 )
-from agent.bridge_replies import StatusReply, reply_data
+from agent.bridge_replies import D, StatusReply, reply_data
 from agent.unix_path import unix_address
 
 __all__ = [
@@ -369,16 +370,22 @@ class BridgeClient:
 
 
 async def query_status(path: str, timeout: float = 5.0) -> StatusReply:
-    """Ask a running agent for its status; return the reply's ``data``.
+    """Ask a running agent for its status (``ask_once``)."""
+    intent = StatusIntent(id=f"status-{secrets.token_hex(3)}")
+    return await ask_once(path, intent, StatusReply, timeout)
 
-    One connection, no retry: read the hello, send ``status``, await the
+
+async def ask_once(path: str, intent: Intent, kind: type[D], timeout: float = 5.0) -> D:
+    """Send a running agent one intent; return the reply's ``data`` as ``kind``
+    (``sadad-agent status``, ``receipt``).
+
+    One connection, no retry: read the hello, send ``intent``, await the
     reply. Raises ``AgentUnavailable`` when the socket is missing, refused
     or not permitted; ``RequestTimeout`` if the agent does not answer within
     ``timeout``; ``ConnectionLost`` if it hangs up first; ``BridgeError`` if
     it answers ``ok: false``.
     """
     reader, writer = await _open(path)
-    intent = StatusIntent(id=f"status-{secrets.token_hex(3)}")
     decoder = LineDecoder.for_events()
     reply: Reply | None = None
     try:
@@ -403,5 +410,6 @@ async def query_status(path: str, timeout: float = 5.0) -> StatusReply:
     finally:
         await _close_writer(writer)
     if not reply.ok:
-        raise BridgeError(f"the agent refused status: {reply.error}")
-    return reply_data(reply, StatusReply)
+        name = type(intent).__struct_config__.tag
+        raise BridgeError(f"the agent refused {name}: {reply.error}")
+    return reply_data(reply, kind)

@@ -126,6 +126,8 @@ class StatusReply(_Data, frozen=True, kw_only=True):
     readers: dict[str, str] = msgspec.field(default_factory=dict)
     current: CurrentOrder | None = None
     queue: tuple[str, ...] = ()
+    printer: str = "none"  # bridge_protocol.PrinterState
+    printer_pending: int = 0  # receipts waiting for it
 
 
 class HistoryEntry(_Data, frozen=True, kw_only=True):

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 _TRANS_TYPES: dict[int, Literal["sale", "void", "refund"]] = {1: "sale", 2: "void", 3: "refund"}
 
 
+def trans_type_name(trans_type: int) -> Literal["sale", "void", "refund"]:
+    return _TRANS_TYPES.get(trans_type, "sale")
+
+
 def order_info(tx: TxRow, methods: Sequence[Literal["card", "wallet"]]) -> bp.OrderInfo:
     return bp.OrderInfo(
         trans_no=tx.trans_no,
@@ -31,7 +35,7 @@ def order_info(tx: TxRow, methods: Sequence[Literal["card", "wallet"]]) -> bp.Or
         amount=amount_text(tx.trans_amount, tx.currency),
         currency=tx.currency,
         description=tx.description or "",
-        trans_type=_TRANS_TYPES.get(tx.trans_type, "sale"),
+        trans_type=trans_type_name(tx.trans_type),
         methods=tuple(methods),
         expires_at=tx.expires_at,
         confirm_required=bool(tx.confirm),

@@ -178,6 +178,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     cur = data.current
     print("current    " + (f"{cur.trans_no} {cur.amount} ({cur.state})" if cur else "none"))
     print(f"queue      {len(data.queue)} waiting")
+    if data.printer != "none":
+        print(
+            f"printer    {data.printer.replace('_', ' ')} ({data.printer_pending} receipts waiting)"
+        )
     return 0
 
 
@@ -216,6 +220,49 @@ def _cmd_journal(args: argparse.Namespace) -> int:
         return 0
     finally:
         journal.close()
+
+
+def _cmd_receipt(args: argparse.Namespace) -> int:
+    """Print a receipt again on the running agent's printer, or (``--text``)
+    show it here as it prints, from the journal (masked card at most)."""
+    from agent.journal import Journal, JournalError
+
+    if args.text:
+        from agent.printing import receipt_text
+
+        try:
+            cfg = _load(args)
+            journal = Journal(cfg.journal.path)
+        except (ConfigError, JournalError) as exc:
+            print(f"sadad-agent: {exc}", file=sys.stderr)
+            return EX_CONFIG
+        try:
+            row = journal.get(args.trans_no)
+        finally:
+            journal.close()
+        if row is None:
+            print(f"sadad-agent: no transaction {args.trans_no}", file=sys.stderr)
+            return 1
+        print(receipt_text(row, cfg))
+        return 0
+    from agent.bridge_client import ask_once
+    from agent.bridge_protocol import BridgeError, ReprintIntent
+    from agent.bridge_replies import ReprintReply
+
+    try:
+        intent = ReprintIntent(id="cli-reprint", trans_no=args.trans_no)
+        reply = asyncio.run(ask_once(_socket_path(args), intent, ReprintReply, timeout=5.0))
+    except ConfigError as exc:
+        print(f"sadad-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except (BridgeError, TimeoutError) as exc:
+        print(f"sadad-agent: {exc}", file=sys.stderr)
+        return 1
+    if not reply.ok:
+        print(f"sadad-agent: {args.trans_no}: {reply.reason}", file=sys.stderr)
+        return 1
+    print(f"receipt for {reply.trans_no} queued for the printer")
+    return 0
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -302,6 +349,15 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--limit", type=int, default=20)
     journal.add_argument("--show", metavar="TRANS_NO", help="one payment's timeline")
     journal.set_defaults(func=_cmd_journal)
+
+    receipt = sub.add_parser("receipt", help="print a transaction's receipt again")
+    receipt.add_argument("trans_no", metavar="TRANS_NO")
+    receipt.add_argument("--config", default=None)
+    receipt.add_argument("--socket", default=None, help="UI socket (default: from the config)")
+    receipt.add_argument(
+        "--text", action="store_true", help="show it here instead, from the journal"
+    )
+    receipt.set_defaults(func=_cmd_receipt)
 
     pin = sub.add_parser("pin", help="the technician PIN (kept as a scrypt hash)")
     pin_sub = pin.add_subparsers(dest="pin_command", required=True, metavar="ACTION")

@@ -19,7 +19,7 @@ Contract:
   Unknown sections and keys are errors (a typo must not pass silently);
   secrets (the technician PIN) are never echoed.
 * Sections: ``[terminal]``, ``[mqtt]``, ``[gateway]`` are required;
-  ``[journal]``, ``[ui]``, ``[readers]`` have defaults. The file written by
+  ``[journal]``, ``[ui]``, ``[printer]``, ``[readers]`` have defaults. The file written by
   ``sadad-sandbox provision`` loads as it is.
 * Secrets are file paths (terminal private key, gateway public key, TLS
   files, MQTT password, technician PIN); every path that is relative
@@ -33,7 +33,8 @@ Contract:
   part C: "session expiry at least 24 h"); ``protocol`` ``"5"`` (falls back
   to 3.1.1 when the broker refuses 5) or ``"3.1.1"``.
 * Readers: ``NAME = "KIND:PORT[;key=value...]"`` checked with
-  ``drivers.registry.parse_spec``.
+  ``drivers.registry.parse_spec``; the printer's ``escpos:PORT[;...]`` with
+  ``drivers.escpos.spec.parse_printer_spec``.
 * ``ConfigError.exit_code`` is 78 (``EX_CONFIG``, sysexits.h): the unit's
   ``RestartPreventExitStatus=78`` keeps systemd from restarting a daemon that
   cannot start until a person fixes the file.
@@ -68,6 +69,7 @@ __all__ = [
     "GatewayConfig",
     "JournalConfig",
     "MqttConfig",
+    "PrinterConfig",
     "TerminalConfig",
     "UiConfig",
     "check_files",
@@ -193,6 +195,21 @@ MQTT_URLS = Rule(f"a list of {_MQTT_URL}", _mqtt_urls)
 HTTP_URL = Rule(_HTTP_URL, _http_url)
 PROTOCOL = Rule('"5" or "3.1.1"', _protocol, hint='"5" or "3.1.1"')
 READER_SPEC = Rule("a reader spec KIND:PORT[;key=value...]", _reader_spec)
+
+
+def _printer_spec(value: object, _base: Path) -> object:
+    from drivers.escpos.spec import PrinterSpecError, parse_printer_spec
+
+    if not isinstance(value, str):
+        raise Invalid("must be a printer spec escpos:PORT[;baud=N][;width=N]")
+    try:
+        parse_printer_spec(value)
+    except PrinterSpecError as exc:
+        raise Invalid(str(exc)) from None
+    return value
+
+
+PRINTER_SPEC = Rule("a printer spec escpos:PORT[;baud=N][;width=N]", _printer_spec)
 
 
 # ---------------------------------------------------------------- the file, declared
@@ -412,6 +429,20 @@ class UiConfig(msgspec.Struct, frozen=True, kw_only=True):
     ] = None
 
 
+class PrinterConfig(msgspec.Struct, frozen=True, kw_only=True):
+    spec: Annotated[
+        str | None,
+        Setting(
+            PRINTER_SPEC,
+            "the receipt printer (ESC/POS on a serial port); none: no receipts",
+            example="escpos:/dev/sadad-printer;baud=19200;width=42",
+        ),
+    ] = None
+    merchant_copy: Annotated[
+        bool, Setting(Flag(), "print a merchant copy after the customer's")
+    ] = False
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The whole file. ``source`` is the file it came from (for reload and setup)."""
 
@@ -434,6 +465,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     ui: Annotated[UiConfig, Section("the checkout screen's connection to the agent")] = (
         msgspec.field(default_factory=UiConfig)
     )
+    printer: Annotated[
+        PrinterConfig, Section("receipts: a customer copy after every final result")
+    ] = msgspec.field(default_factory=PrinterConfig)
     readers: Annotated[
         dict[str, str],
         Table(

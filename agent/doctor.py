@@ -3,7 +3,8 @@
 Checks, in order: config, keys, clock (against the gateway's HTTP ``Date``;
 pushes older than 15 minutes are refused, docs/protocol.md part C), broker
 (``agent.mqtt.probe.probe_connection``: dns, tcp, tls, auth, subscribe), gateway (a
-signed ``cashier.trans.detail`` round trip), readers (probe only). Prints
+signed ``cashier.trans.detail`` round trip), readers (probe only), the
+receipt printer (DLE EOT status; paper out or cover open is a WARN). Prints
 ``OK``/``FAIL``/``WARN`` lines and returns 1 if any check failed, 78 when the
 config itself cannot be read.
 """
@@ -15,6 +16,7 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from agent.bridge_replies import StatusReply
 from agent.config import AgentConfig, ConfigError, check_files, load_config
 from agent.gateway import GatewayClient, GatewayIdentity
 from agent.http11 import Http11Client, HttpError
@@ -48,15 +50,35 @@ async def _clock(cfg: AgentConfig) -> tuple[str, str]:
     return "OK", f"within {abs(skew):.0f} s of the gateway"
 
 
-async def _agent_readers(cfg: AgentConfig) -> dict[str, str] | None:
+async def _agent_status(cfg: AgentConfig) -> StatusReply | None:
     from agent.bridge_client import query_status
     from agent.bridge_protocol import BridgeError
 
     try:
-        data = await query_status(str(cfg.ui.socket), timeout=3.0)
+        return await query_status(str(cfg.ui.socket), timeout=3.0)
     except (BridgeError, TimeoutError, OSError):
         return None
-    return dict(data.readers)
+
+
+async def _printer(cfg: AgentConfig, running: StatusReply | None) -> tuple[str, str]:
+    """The printer's verdict: from the running agent (it holds the port), else asked."""
+    if cfg.printer.spec is None:
+        return "OK", "none configured (no receipts)"
+    if running is not None:
+        state, how = running.printer, f"{running.printer_pending} receipts waiting (agent)"
+    else:
+        from drivers.escpos import EscPosPrinter, PrinterError, parse_printer_spec
+
+        printer = EscPosPrinter(parse_printer_spec(cfg.printer.spec))
+        try:
+            await printer.open()
+            state, how = (await printer.status(2.0)).state, cfg.printer.spec
+        except PrinterError as exc:
+            state, how = "offline", str(exc)
+        finally:
+            await printer.close()
+    verdict = {"ready": "OK", "offline": "FAIL"}.get(state, "WARN")
+    return verdict, f"{state.replace('_', ' ')}: {how}"
 
 
 async def run_doctor(path: str) -> int:
@@ -104,7 +126,8 @@ async def run_doctor(path: str) -> int:
         failed = True
         _line("FAIL", "gateway", "not checked: keys do not load")
 
-    running = await _agent_readers(cfg)
+    status = await _agent_status(cfg)
+    running = None if status is None else dict(status.readers)
     if running is not None:  # the agent holds the ports: ask it instead of probing
         for name, state in running.items():
             failed |= state != "ready"
@@ -119,4 +142,7 @@ async def run_doctor(path: str) -> int:
             _line("OK" if ok else "FAIL", "reader", f"{row.name} ({row.spec}): {detail}")
     else:
         _line("WARN", "readers", "none configured")
+    verdict, detail = await _printer(cfg, status)
+    failed |= verdict == "FAIL"
+    _line(verdict, "printer", detail)
     return 1 if failed else 0

@@ -18,7 +18,8 @@ engine:
   never by paying again.
 * ``agent.outbox``: every report (terminal events, gateway cancels), journaled
   in the same commit as what it reports and delivered until delivered.
-* ``agent.waiting``: the orders not on screen; ``agent.finals``: how one ended.
+* ``agent.waiting``: the orders not on screen; ``agent.finals``: how one
+  ended (and its receipts, ``agent.print_queue``).
 
 The hops of each payment's timeline (``cloud.timeline.HOPS``) are journaled
 where they happen.
@@ -538,7 +539,10 @@ class Engine(Triggers):
         fields: dict[str, str | None] | None = None,
     ) -> None:
         cur = self._cur()
-        final = record_final(self.journal, cur.tx, phase, event, reason=reason, fields=fields)
+        copies = self.settings.receipts  # queued with it (the printer sees the new screen)
+        final = record_final(
+            self.journal, cur.tx, phase, event, reason=reason, fields=fields, receipts=copies
+        )
         fail_point("final")
         result = result_info(final.phase, final.reason, cur.card, final.auth_code)
         self._view(self.state, cur.tx, card=cur.card, result=result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.config import AgentConfig
+from agent.print_queue import Copy
 from agent.states import RESULT_SECONDS
 from cloud.signing import PrivateKeyLike, PublicKeyLike
 
@@ -26,6 +27,8 @@ class EngineSettings:
     # watchdog stops: longer than any legitimate wait between two signs of
     # life (a reversal retry: retry_cap + an HTTP timeout).
     stall_after: float = 120.0
+    # The receipt copies a final result queues (none without a printer).
+    receipts: tuple[Copy, ...] = ()
 
     @classmethod
     def of(
@@ -48,4 +51,12 @@ class EngineSettings:
             # within the timeout; then some slack for sealing and the journal.
             authorize_deadline=2 * timeout + 5,
             stall_after=max(120.0, 4 * timeout + 30),
+            receipts=receipt_copies(cfg),
         )
+
+
+def receipt_copies(cfg: AgentConfig) -> tuple[Copy, ...]:
+    """The copies each receipt prints: none without a printer."""
+    if cfg.printer.spec is None:
+        return ()
+    return ("customer", "merchant") if cfg.printer.merchant_copy else ("customer",)

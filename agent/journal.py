@@ -52,7 +52,7 @@ from agent.journal_rows import OrderRecord as OrderRecord
 from agent.journal_rows import OutboxRow as OutboxRow
 from agent.journal_rows import TxRow as TxRow
 from agent.journal_rows import check_clean, tx_row
-from agent.journal_schema import MAX_REJECTIONS, MAX_SETUP_LOG, MIGRATIONS
+from agent.journal_schema import MAX_REJECTIONS, MIGRATIONS
 from agent.phases import ATTEMPT_FROM, phase_verdict
 from agent.phases import Phase as Phase
 from cloud import redact
@@ -158,6 +158,14 @@ class Journal:
         these rows."""
         with self._tx(deferred_sync=deferred_sync):
             yield
+
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One commit (or a part of the enclosing ``batch``) for a module that
+        keeps tables of its own here (``agent.print_queue``)."""
+        return self._tx()
+
+    def read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, params).fetchall()
 
     @property
     def unsynced(self) -> bool:
@@ -270,43 +278,6 @@ class Journal:
             "SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [dict(r) for r in rows]
-
-    # ------------------------------------------------------------ technician
-
-    def lockout(self) -> tuple[int, int, int]:
-        """(failures, lockouts, locked_until_ms) of the technician PIN."""
-        row = self._db.execute(
-            "SELECT failures, lockouts, locked_until_ms FROM technician WHERE id=1"
-        ).fetchone()
-        return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
-
-    def set_lockout(self, failures: int, lockouts: int, locked_until_ms: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO technician VALUES (1,?,?,?) ON CONFLICT (id) DO UPDATE SET "
-                "failures=excluded.failures, lockouts=excluded.lockouts, "
-                "locked_until_ms=excluded.locked_until_ms",
-                (failures, lockouts, locked_until_ms),
-            )
-
-    def log_setup(self, action: str, outcome: str, at_ms: int | None = None) -> None:
-        """Journal a setup action and its outcome (the newest ``MAX_SETUP_LOG`` kept)."""
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO setup_log (at_ms, action, outcome) VALUES (?,?,?)",
-                (at_ms or _now_ms(), action, outcome),
-            )
-            db.execute(
-                "DELETE FROM setup_log WHERE id <= (SELECT MAX(id) FROM setup_log) - ?",
-                (MAX_SETUP_LOG,),
-            )
-
-    def setup_log(self, limit: int = 50) -> list[tuple[int, str, str]]:
-        """(at_ms, action, outcome), newest first."""
-        rows = self._db.execute(
-            "SELECT at_ms, action, outcome FROM setup_log ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def record_order(self, message_id: str, order: OrderRecord) -> bool:
         """Journal an accepted order push and its transaction in one commit.
@@ -570,6 +541,7 @@ class Journal:
             for trans_no in old:
                 db.execute("DELETE FROM attempts WHERE trans_no=?", (trans_no,))
                 db.execute("DELETE FROM hops WHERE trans_no=?", (trans_no,))
+                db.execute("DELETE FROM print_jobs WHERE trans_no=?", (trans_no,))
                 db.execute(
                     "DELETE FROM outbox WHERE trans_no=? AND sent_at IS NOT NULL", (trans_no,)
                 )

@@ -89,6 +89,8 @@ class TxRow:
     error_code: str | None
     created_at: int
     updated_at: int
+    aid: str | None = None  # chip-contactless: the application paid with (hex)
+    app_label: str | None = None
 
     @property
     def trans_amount(self) -> Decimal:
@@ -118,15 +120,17 @@ class OutboxRow:
 
 def check_clean(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` fit to keep. A ``reason`` is text from outside (a gateway's
-    decline message): its card-number-like digit runs are masked, so it is
-    always kept. The fields our own card handling fills must already be
-    masked: one that looks like a PAN is a bug, refused (JournalError).
-    Order fields from the POS may legitimately be long digit strings (order
-    numbers, gateway ids) and are not looked at."""
+    decline message), an ``app_label`` is read from the card: their
+    card-number-like digit runs are masked, so they are always kept. The
+    fields our own card handling fills must already be masked: one that
+    looks like a PAN is a bug, refused (JournalError). Order fields from
+    the POS may legitimately be long digit strings (order numbers, gateway
+    ids) and are not looked at."""
     out = dict(values)
-    reason = out.get("reason")
-    if isinstance(reason, str):
-        out["reason"] = redact.mask_digit_runs(reason)
+    for key in ("reason", "app_label"):  # the label comes from the card: any bytes
+        text = out.get(key)
+        if isinstance(text, str):
+            out[key] = redact.mask_digit_runs(text)
     for key in CARD_FIELDS & out.keys():
         value = out[key]
         if isinstance(value, str) and _PAN_LIKE.search(value):

@@ -104,6 +104,26 @@ MIGRATIONS: list[str] = [
         outcome TEXT NOT NULL
     );
     """,
+    # 5: receipts. The application a chip card paid with (AID, label: public
+    # scheme identifiers, printed on the receipt), and the print queue: a job
+    # is written in the same commit as the final phase (``agent.finals``), so
+    # a crash or a printer out of paper never loses a receipt, and printing
+    # never stands in the money path (``agent.print_queue``).
+    """
+    ALTER TABLE transactions ADD COLUMN aid TEXT;
+    ALTER TABLE transactions ADD COLUMN app_label TEXT;
+    CREATE TABLE print_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        trans_no TEXT NOT NULL REFERENCES transactions(trans_no),
+        copy TEXT NOT NULL,
+        reprint INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        printed_at INTEGER, -- when it printed, 0 when given up (cannot be laid out)
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX print_jobs_pending ON print_jobs(id) WHERE printed_at IS NULL;
+    """,
 ]
 
 MAX_SETUP_LOG = 1000

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from agent import bridge_protocol as bp
+from agent import setup_records
 from agent.bridge import BridgeServer, intent_client
 from agent.bridge_replies import (
     ActionReply,
@@ -47,10 +48,12 @@ from agent.config import AgentConfig, ConfigError, load_config, trust_problems
 from agent.engine import Engine
 from agent.engine_settings import EngineSettings
 from agent.gateway import GatewayClient, GatewayIdentity
+from agent.history import history
 from agent.journal import Journal
 from agent.mqtt.link import ConnectionState, MqttLink
 from agent.mqtt.probe import probe_connection
 from agent.notify import Notifier
+from agent.printing import Printing
 from agent.setup_access import LOCKED as SETUP_LOCKED
 from agent.setup_access import SetupAccess
 from cloud import messages as m
@@ -72,6 +75,7 @@ class _Health:
     readers: dict[str, ReaderState] = field(default_factory=dict)
     setup: bool = False
     setup_client: str | None = None  # the UI that entered setup (its bridge name)
+    printer: bp.PrinterState = "none"
 
 
 class AgentService:
@@ -94,6 +98,7 @@ class AgentService:
         self.readers: list[ManagedReader] = []
         self.gateway: GatewayClient | None = None
         self.setup: SetupAccess | None = None
+        self.printing: Printing | None = None
 
     # ------------------------------------------------------------ build
 
@@ -157,6 +162,7 @@ class AgentService:
             )
         self.journal = Journal(cfg.journal.path)
         self.setup = SetupAccess(self.journal)
+        self.printing = Printing(cfg, self.journal, self._printer_state)
         pruned = self.journal.prune(cfg.journal.keep_days)
         if pruned:
             log.info("journal: pruned %d old transactions", pruned)
@@ -174,6 +180,7 @@ class AgentService:
         )
         self.bridge = self._build_bridge()
         await self.bridge.start()
+        self.printing.start()  # receipts queued before a crash print now
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
@@ -226,6 +233,8 @@ class AgentService:
         return False
 
     async def _shutdown(self) -> None:
+        if self.printing is not None:
+            await self.printing.stop()
         if self.link is not None:
             await self.link.stop()
         if self.engine is not None:
@@ -336,6 +345,7 @@ class AgentService:
             screen=self._screen_name(),
             readers={k: v.value for k, v in self.health.readers.items()},
             queue=len(self.engine.queue) if self.engine else 0,
+            printer=None if self.health.printer == "none" else self.health.printer,
         )
 
     def _status_changed(self) -> None:
@@ -359,10 +369,20 @@ class AgentService:
             return
         self.bridge.publish(view)
         self.bridge.publish(bp.QueueEvent(waiting=waiting))
+        if view.screen is m.Screen.RESULT and self.printing is not None:
+            self.printing.wake()  # a final result may have queued its receipt
         connection = self._connection_event()
         last = self.bridge.snapshot().connection
         if last is None or (last.mqtt, last.gateway) != (connection.mqtt, connection.gateway):
             self.bridge.publish(connection)  # gateway reachability learned from a payment
+
+    def _printer_state(self, state: bp.PrinterState, pending: int) -> None:
+        if state != self.health.printer:
+            log.info("printer: %s (%d receipts waiting)", state, pending)
+        self.health.printer = state
+        if self.bridge is not None:
+            self.bridge.publish(bp.PrinterEvent(state=state, pending=pending))
+        self._status_changed()
 
     def _reader_state(self, name: str, state: ReaderState, reason: str) -> None:
         if self.health.readers.get(name) is not state:
@@ -406,6 +426,7 @@ class AgentService:
                     readers={k: v.value for k, v in self.health.readers.items()}
                 ),
                 queue=snap.queue,
+                printer=snap.printer,
             )
         return bp.HelloEvent(
             terminal=bp.TerminalInfo(
@@ -426,6 +447,12 @@ class AgentService:
             return await engine.handle_intent(name)
         if isinstance(intent, bp.StatusIntent):
             return self.status()
+        if isinstance(intent, bp.HistoryIntent):
+            assert self.journal is not None
+            return history(self.journal, intent.limit, printer=self.cfg.printer.spec is not None)
+        if isinstance(intent, bp.ReprintIntent):
+            assert self.printing is not None
+            return self.printing.reprint(intent.trans_no)
         setup = self.setup
         assert setup is not None  # made with the journal, before the bridge
         if isinstance(intent, bp.EnterSetupIntent | bp.LeaveSetupIntent):
@@ -441,7 +468,7 @@ class AgentService:
         if not setup.unlocked(intent_client()):
             return SETUP_LOCKED
         assert self.journal is not None
-        self.journal.log_setup(type(intent).__name__.removesuffix("Intent"), "asked")
+        setup_records.log_setup(self.journal, type(intent).__name__.removesuffix("Intent"), "asked")
         if isinstance(intent, bp.ReadSetupIntent):
             return setup.read(self.cfg)
         if isinstance(intent, bp.SaveSetupIntent):
@@ -522,4 +549,6 @@ class AgentService:
             readers={k: v.value for k, v in self.health.readers.items()},
             current=current,
             queue=tuple(engine.queue) if engine else (),
+            printer=self.health.printer,
+            printer_pending=self.printing.worker.pending if self.printing else 0,
         )

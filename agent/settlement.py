@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,17 @@ from agent.journal import Journal, Phase, TxRow
 from cloud import messages as m
 from cloud.errors import CloudRejected, CloudUnavailable, SadadError
 from drivers.base import CardRead, Presentation
+
+_AID_HEX = re.compile(r"(?:[0-9A-F]{2}){5,16}")
+
+
+def _aid_hex(aid: str | None) -> str | None:
+    """The AID as the journal keeps it for the receipt: 5-16 bytes in hex
+    (EMV Book 1 §12.2.1: a 5-byte RID and a PIX of up to 11), else nothing."""
+    if aid is None or not _AID_HEX.fullmatch(aid.upper()):
+        return None
+    return aid.upper()
+
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +122,8 @@ class Settlement:
                 "masked_pan": presentation.masked_pan,
                 "card_brand": presentation.brand,
                 "entry_mode": presentation.entry_mode.value,
+                "aid": _aid_hex(presentation.aid),
+                "app_label": presentation.app_label,
             }
         else:
             kind, card = "wallet", {"card_brand": presentation.wallet.value, "entry_mode": "WALLET"}

@@ -7,7 +7,7 @@ read and save the ECR Hub settings, test the connection and the readers and
 ask for a reload, until it leaves setup, goes away, or is idle for
 ``IDLE_S``. The lockout lives in the journal, so neither a restarted UI nor
 a restarted agent resets it; every setup action is journaled with its time
-(``Journal.log_setup``; never a PIN).
+(``agent.setup_records``; never a PIN).
 
 The agent writes its own config (``agent.config_edit``: comments kept,
 validated, atomic, never through a symlink) - the UI's user cannot write the
@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 
 from agent import bridge_protocol as bp
+from agent import setup_records
 from agent.bridge_replies import EcrHubFields, ReadSetupReply, Refused, SaveSetupReply, UnlockReply
 from agent.config import AgentConfig, ConfigError, technician_pin_hash
 from agent.journal import Journal
@@ -49,18 +50,18 @@ class SetupAccess:
 
     async def unlock(self, cfg: AgentConfig, client: str, pin: str) -> UnlockReply:
         now = _now_ms()
-        lock = Lockout(*self.journal.lockout())
+        lock = Lockout(*setup_records.lockout(self.journal))
         waiting = lock.seconds_locked(now)
         if waiting:
-            self.journal.log_setup("unlock", f"refused: locked for {waiting} s")
+            setup_records.log_setup(self.journal, "unlock", f"refused: locked for {waiting} s")
             return UnlockReply(reason="locked", locked_for=waiting)
         try:
             hashed = technician_pin_hash(cfg)
         except ConfigError as exc:
-            self.journal.log_setup("unlock", "refused: the PIN file is not usable")
+            setup_records.log_setup(self.journal, "unlock", "refused: the PIN file is not usable")
             return UnlockReply(reason=f"no usable technician PIN: {exc}")
         if hashed is None:
-            self.journal.log_setup("unlock", "refused: no PIN configured")
+            setup_records.log_setup(self.journal, "unlock", "refused: no PIN configured")
             return UnlockReply(
                 reason="no technician PIN configured: sadad-agent pin set, "
                 "then terminal.technician_pin_file"
@@ -70,15 +71,15 @@ class SetupAccess:
         except PinHashError:
             correct = False
         lock = lock.after(correct, now)
-        self.journal.set_lockout(lock.failures, lock.lockouts, lock.locked_until_ms)
+        setup_records.set_lockout(self.journal, lock.failures, lock.lockouts, lock.locked_until_ms)
         if correct:
             self._unlocked[client] = time.monotonic()
-            self.journal.log_setup("unlock", "ok")
+            setup_records.log_setup(self.journal, "unlock", "ok")
             log.info("setup unlocked")
             return UnlockReply(ok=True)
         waiting = lock.seconds_locked(now)
         locked = f"; locked for {waiting} s" if waiting else ""
-        self.journal.log_setup("unlock", "wrong PIN" + locked)
+        setup_records.log_setup(self.journal, "unlock", "wrong PIN" + locked)
         log.warning("wrong technician PIN%s", f": setup locked for {waiting} s" if waiting else "")
         return UnlockReply(
             reason="locked" if waiting else "wrong",
@@ -92,14 +93,14 @@ class SetupAccess:
             return False
         if time.monotonic() - self._unlocked[client] > IDLE_S:
             del self._unlocked[client]
-            self.journal.log_setup("lock", "idle")
+            setup_records.log_setup(self.journal, "lock", "idle")
             return False
         self._unlocked[client] = time.monotonic()
         return True
 
     def leave(self, client: str | None) -> None:
         if client is not None and self._unlocked.pop(client, None) is not None:
-            self.journal.log_setup("leave", "locked again")
+            setup_records.log_setup(self.journal, "leave", "locked again")
 
     # ------------------------------------------------------------ the settings
 
@@ -134,7 +135,8 @@ class SetupAccess:
         try:
             saved = await asyncio.to_thread(save_settings, Path(cfg.source), settings)
         except ConfigError as exc:
-            self.journal.log_setup("save", "refused: " + str(exc).splitlines()[0][:200])
+            refused = "refused: " + str(exc).splitlines()[0][:200]
+            setup_records.log_setup(self.journal, "save", refused)
             return SaveSetupReply(reason=str(exc))
-        self.journal.log_setup("save", "written")
+        setup_records.log_setup(self.journal, "save", "written")
         return SaveSetupReply(ok=True, warnings=tuple(missing_tls_files(saved)))

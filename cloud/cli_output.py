@@ -179,6 +179,7 @@ def terminal_text(info: TerminalInfo) -> str:
         ("screen", state.screen.value if state.screen else None),
         ("readers", readers if state.status == "online" else None),
         ("queue", f"{state.queue} waiting" if state.status == "online" else None),
+        ("printer", state.printer.replace("_", " ") if state.printer else None),
         (
             "keepalive",
             f"{state.keepalive} s (a silent loss shows as offline within "

@@ -387,6 +387,9 @@ class TerminalStatus(Wire):
     screen: Screen | None = None
     readers: dict[str, str] = msgspec.field(default_factory=dict)
     queue: int = 0
+    # The receipt printer: ready, paper_out, cover_open, offline; absent when
+    # the terminal has none (agent.print_worker).
+    printer: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in ("online", "offline"):

@@ -28,7 +28,7 @@ topics, every provisioned terminal registered at start; the TMS logs in as
 the TMS logs in as ``--mqtt-username`` with the password in
 ``--mqtt-password-file`` when given, and anonymously otherwise.
 
-``sadad-sandbox provision --data DIR --terminal SN [--reader NAME=SPEC ...]
+``sadad-sandbox provision --data DIR --terminal SN [--reader NAME=SPEC ...] [--printer SPEC]
 [--store-name TEXT]`` registers a terminal, gives it broker credentials
 (registered with the sandbox's own broker, which reloads if it runs) and
 writes ``DIR/terminals/SN/agent.toml``; it prints one JSON line
@@ -184,6 +184,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     prov.add_argument("--store-name", default=DEFAULT_STORE_NAME, help="shown on the terminal")
     prov.add_argument(
+        "--printer",
+        metavar="SPEC",
+        help="the receipt printer for agent.toml, e.g. escpos:/dev/ttyUSB1;width=42",
+    )
+    prov.add_argument(
         "--technician-pin",
         metavar="DIGITS",
         help="the setup screen's PIN (4-12 digits); its hash is written beside agent.toml",
@@ -294,6 +299,7 @@ def _provision(args: argparse.Namespace) -> int:
             readers=readers,
             store_name=args.store_name,
             technician_pin=args.technician_pin,
+            printer=args.printer,
         )
     except ProvisionError as exc:
         print(f"sadad-sandbox provision: {exc}", file=sys.stderr)

@@ -3,8 +3,9 @@
 Starts, as real processes: the sandbox (SadadSystem + SadadTMS) with its own
 Mosquitto, simulated readers on pseudo-terminals (a PN532 with a Visa card
 that taps whenever the reader polls, a magstripe reader, a Honeywell-style
-scanner that shows a WeChat Pay code when triggered), the terminal agent,
-and - on a terminal - the checkout screen. Then it pushes orders the POS
+scanner that shows a WeChat Pay code when triggered), a simulated ESC/POS
+receipt printer (its receipts appended to ``DIR/receipts.txt``), the
+terminal agent, and - on a terminal - the checkout screen. Then it pushes orders the POS
 way, with ``sadad-pos push --wait``.
 
 * Interactive (default, on a TTY): the checkout UI runs in the foreground;
@@ -171,7 +172,19 @@ def running(data: Path) -> Iterator[tuple[Stack, Path, Path]]:
                 "--auto",
             ],
         )
-        for link in links.values():
+        printer_link, receipts = data / "printer.tty", data / "receipts.txt"
+        stack.start(
+            "sim-printer",
+            [
+                _bin("sadad-reader-sim"),
+                "printer",
+                "--link",
+                str(printer_link),
+                "--out",
+                str(receipts),
+            ],
+        )
+        for link in (*links.values(), printer_link):
             _wait_for(link, 15)
         readers = [
             f"nfc=pn532:{links['nfc']}",
@@ -189,6 +202,8 @@ def running(data: Path) -> Iterator[tuple[Stack, Path, Path]]:
             "Demo Coffee",
             "--technician-pin",
             DEMO_PIN,
+            "--printer",
+            f"escpos:{printer_link}",
         ]
         for spec in readers:
             args += ["--reader", spec]
@@ -199,6 +214,7 @@ def running(data: Path) -> Iterator[tuple[Stack, Path, Path]]:
         _wait_for(socket, 30)
         print(f"agent    {SN} running ({agent_toml})", flush=True)
         print(f"setup    F2 on the checkout, technician PIN {DEMO_PIN}", flush=True)
+        print(f"receipts {receipts} (a simulated ESC/POS printer)", flush=True)
         yield stack, Path(info["pos_config"]), agent_toml
     finally:
         stack.stop()
@@ -256,8 +272,23 @@ def headless(data: Path) -> int:
                 return 1
             ok += 1
         subprocess.run([_bin("sadad-agent"), "journal", "--config", str(agent_toml)], check=False)
-        print(f"demo: {ok} sales completed")
+        printed = _receipts_printed(data / "receipts.txt", ok)
+        print(f"demo: {ok} sales completed, {printed} receipts printed")
         return 0
+
+
+def _receipts_printed(path: Path, expected: int, timeout: float = 15.0) -> int:
+    """How many receipts the simulated printer printed, once it has ``expected``
+    (the last prints a moment after its sale is paid) or ``timeout`` passed."""
+    from drivers.sim.printer import SEPARATOR
+
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text("utf-8") if path.exists() else ""
+        count = text.count(SEPARATOR + "\n")
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
 
 
 def interactive(data: Path) -> int:

@@ -303,7 +303,8 @@ class Gateway:
             log.warning("terminal %s published a malformed status: %s", sn, exc)
             return
         self.store.set_terminal_status(sn, status.status, payload.decode("utf-8", "replace"), now)
-        log.info("terminal %s is %s (screen %s)", sn, status.status, status.screen)
+        printer = f", printer {status.printer}" if status.printer else ""
+        log.info("terminal %s is %s (screen %s%s)", sn, status.status, status.screen, printer)
 
     def on_event(self, sn: str, payload: bytes) -> None:
         terminal = self.store.terminal(sn)

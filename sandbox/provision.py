@@ -162,11 +162,14 @@ def provision_terminal(
     readers: Mapping[str, str] | None = None,
     store_name: str = DEFAULT_STORE_NAME,
     technician_pin: str | None = None,
+    printer: str | None = None,
 ) -> Provisioned:
     """Create (or refresh) terminal ``sn``: keys and broker password kept if
     present, registered with the sandbox's broker, agent.toml rewritten; with
     ``technician_pin``, its hash in ``technician.pin`` beside it
-    (``agent.technician``) so that setup opens with it."""
+    (``agent.technician``) so that setup opens with it; ``printer``: an
+    ``escpos:PORT[;...]`` spec for ``[printer]`` (a relative port made
+    absolute, as the readers')."""
     if not _SN.fullmatch(sn):
         raise ProvisionError("terminal SN must be 1-32 of letters, digits, _ and -")
     if sn == TMS_USER:
@@ -174,6 +177,14 @@ def provision_terminal(
     for name in readers or {}:
         if not _READER_NAME.fullmatch(name):
             raise ProvisionError(f"reader name {name!r} must be letters, digits, _ and -")
+    if printer is not None:
+        from drivers.escpos.spec import PrinterSpecError, parse_printer_spec
+
+        printer = _absolute_port(printer.strip())
+        try:
+            parse_printer_spec(printer)
+        except PrinterSpecError as exc:
+            raise ProvisionError(f"--printer: {exc}") from None
     prepare(layout)
     tdir = layout.terminal_dir(sn)
     tdir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +222,7 @@ def provision_terminal(
         journal=tdir / "journal.db",
         socket=tdir / "agent.sock",
         readers=dict(readers or {}),
+        printer=printer,
     )
     tmp = config.with_suffix(".toml.tmp")
     tmp.write_text(text, "utf-8")
@@ -257,6 +269,7 @@ def agent_toml(
     journal: Path,
     socket: Path,
     readers: dict[str, str],
+    printer: str | None = None,
 ) -> str:
     """The text of a terminal's ``agent.toml`` (comments included)."""
     doc = tomlkit.document()
@@ -319,6 +332,11 @@ def agent_toml(
     ui = tomlkit.table()
     ui.add("socket", tomlkit.item(str(socket)).comment("the checkout screen connects here"))
     doc.add("ui", ui)
+
+    if printer is not None:
+        printer_t = tomlkit.table()
+        printer_t.add("spec", tomlkit.item(printer).comment("receipts print here"))
+        doc.add("printer", printer_t)
 
     readers_t = tomlkit.table()
     if not readers:

@@ -57,7 +57,7 @@ MQTT_KEYS = (
     "url, fallback_urls, keepalive, session_expiry, protocol, ca_file, cert_file, key_file, "
     "username, password_file"
 )
-SECTIONS = "terminal, mqtt, gateway, journal, ui, readers"
+SECTIONS = "terminal, mqtt, gateway, journal, ui, printer, readers"
 
 
 def edit(old: str, new: str, text: str = GOOD) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import setup_records
 from agent.bridge_protocol import (
     EnterSetupIntent,
     HelloEvent,
@@ -182,17 +183,17 @@ async def test_the_pin_is_checked_by_the_agent_and_its_lockout_is_durable(
     # Another agent process on the same journal (a restart): still locked.
     again = SetupAccess(Journal(tmp_path / "journal.db"))
     assert (await again.unlock(pinned.cfg, "ui-2", PIN)).reason == "locked"
-    assert again.journal.lockout()[:2] == (0, 1)
-    again.journal.set_lockout(0, 1, 0)  # the minute passed
+    assert setup_records.lockout(again.journal)[:2] == (0, 1)
+    setup_records.set_lockout(again.journal, 0, 1, 0)  # the minute passed
     assert (await again.unlock(pinned.cfg, "ui-2", "111111")).attempts_left == 4
     for _ in range(4):
         await again.unlock(pinned.cfg, "ui-2", "111111")
-    assert again.journal.lockout()[1] == 2  # the second lockout: twice as long
-    assert again.journal.lockout()[2] - time.time() * 1000 > 119_000
-    again.journal.set_lockout(0, 2, 0)
+    assert setup_records.lockout(again.journal)[1] == 2  # the second lockout: twice as long
+    assert setup_records.lockout(again.journal)[2] - time.time() * 1000 > 119_000
+    setup_records.set_lockout(again.journal, 0, 2, 0)
     assert (await again.unlock(pinned.cfg, "ui-2", PIN)).ok
-    assert again.journal.lockout() == (0, 0, 0)  # a correct PIN clears it all
-    log = again.journal.setup_log(limit=50)
+    assert setup_records.lockout(again.journal) == (0, 0, 0)  # a correct PIN clears it all
+    log = setup_records.setup_log(again.journal, limit=50)
     assert {a for _t, a, _o in log} == {"unlock", "ReadSetup"} or {"unlock"} <= {
         a for _t, a, _o in log
     }

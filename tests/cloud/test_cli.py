@@ -619,6 +619,7 @@ def test_terminal_command(run: Runner, peer: GatewayPeer) -> None:
             "screen": "WAITING_FOR_CONFIRM",
             "readers": {"nfc": "ready", "msr": "offline"},
             "queue": 3,
+            "printer": "paper_out",
         }
     )
     code, out, _ = run("terminal", "T0001")
@@ -628,6 +629,7 @@ def test_terminal_command(run: Runner, peer: GatewayPeer) -> None:
         "  screen     WAITING_FOR_CONFIRM",
         "  readers    nfc ready, msr offline",
         "  queue      3 waiting",
+        "  printer    paper out",
         "  keepalive  5 s (a silent loss shows as offline within 8 s)",
     ]
     peer.online = OnlineStatus.OFFLINE
@@ -647,6 +649,7 @@ def test_terminal_command(run: Runner, peer: GatewayPeer) -> None:
                 "screen": None,
                 "readers": {},
                 "queue": 0,
+                "printer": None,
             },
             "status_time": "2030-01-01 12:00:00",
             "offline_within_s": 45,

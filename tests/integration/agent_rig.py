@@ -134,6 +134,7 @@ class ScreenWatcher:
     def __init__(self, socket: Path) -> None:
         self.socket = socket
         self.screens: list[bp.ScreenEvent] = []
+        self.printer: bp.PrinterEvent | None = None  # the last printer state seen
         self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
         self._client: BridgeClient | None = None
@@ -158,8 +159,11 @@ class ScreenWatcher:
                 screen: bp.ScreenEvent | None = None
                 if isinstance(event, bp.HelloEvent):
                     screen = event.snapshot.screen
+                    self.printer = event.snapshot.printer
                 elif isinstance(event, bp.ScreenEvent):
                     screen = event
+                elif isinstance(event, bp.PrinterEvent):
+                    self.printer = event
                 if screen is not None:
                     with self._cond:
                         self.screens.append(screen)
@@ -262,6 +266,10 @@ class Terminal:
     # Broker nodes in the order the agent tries them (a cluster: the first is
     # the one it uses; the rest are mqtt.fallback_urls). None: the sandbox's.
     mqtt_urls: tuple[str, ...] | None = None
+    # A simulated ESC/POS printer (``sadad-reader-sim printer``): its receipts
+    # are appended to ``receipts_path``; ``printer_sim.send("paper-out")``.
+    printer: bool = False
+    printer_sim: Sim | None = None
     sims: dict[str, Sim] = field(default_factory=dict)
     agent: subprocess.Popen[bytes] | None = None
     watcher: ScreenWatcher | None = None
@@ -283,9 +291,15 @@ class Terminal:
             link = self.workdir / f"{name}.tty"
             self.sims[name] = Sim(kind, link, self.workdir / f"{name}.log", *args)
             specs[name] = spec.format(link)
+        printer = None
+        if self.printer:
+            link = self.workdir / "printer.tty"
+            out = ("--out", str(self.receipts_path))
+            self.printer_sim = Sim("printer", link, self.workdir / "printer.log", *out)
+            printer = f"escpos:{link}"
         try:  # a failure anywhere here must not leave the simulators running
-            self.config = self.sandbox.provision(self.sn, specs)
-            for sim in self.sims.values():
+            self.config = self.sandbox.provision(self.sn, specs, printer=printer)
+            for sim in self._all_sims():
                 sim.wait_ready()
             doc = tomlkit.parse(self.config.read_text())
             gateway = doc["gateway"]
@@ -301,9 +315,26 @@ class Terminal:
             self.config.write_text(tomlkit.dumps(doc))
             self.pos = PosClient(load_config(self.sandbox.pos_config))
         except BaseException:
-            for sim in self.sims.values():
+            for sim in self._all_sims():
                 sim.stop()
             raise
+
+    def _all_sims(self) -> list[Sim]:
+        return [*self.sims.values(), *([self.printer_sim] if self.printer_sim else [])]
+
+    @property
+    def receipts_path(self) -> Path:
+        return self.workdir / "receipts.txt"
+
+    def receipts(self) -> list[str]:
+        """The receipts the simulated printer printed, as text, in order."""
+        from drivers.sim.printer import SEPARATOR
+
+        try:
+            text = self.receipts_path.read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        return [r.strip("\n") for r in text.split(SEPARATOR + "\n") if r.strip()]
 
     # ------------------------------------------------------------ paths
 
@@ -579,7 +610,7 @@ class Terminal:
             except subprocess.TimeoutExpired:
                 self.agent.kill()
                 self.agent.wait()
-        for sim in self.sims.values():
+        for sim in self._all_sims():
             sim.stop()
         self.pos.close()
 

@@ -176,7 +176,11 @@ class SandboxHandle:
     # ------------------------------------------------------------ setup helpers
 
     def provision(
-        self, sn: str, readers: Mapping[str, str] | None = None, store_name: str | None = None
+        self,
+        sn: str,
+        readers: Mapping[str, str] | None = None,
+        store_name: str | None = None,
+        printer: str | None = None,
     ) -> Path:
         """Run ``sadad-sandbox provision``; returns the terminal's agent.toml path."""
         cmd = [sys.executable, "-m", "sandbox.cli", "provision", "--data", str(self.data_dir)]
@@ -185,6 +189,8 @@ class SandboxHandle:
             cmd += ["--reader", f"{name}={spec}"]
         if store_name is not None:
             cmd += ["--store-name", store_name]
+        if printer is not None:
+            cmd += ["--printer", printer]
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, check=False, timeout=30)
         if done.returncode != 0:
             raise RuntimeError(f"provision failed: {done.stderr.decode()}")

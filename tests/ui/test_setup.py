@@ -7,6 +7,7 @@ from pathlib import Path
 from textual.widgets import Input, TextArea
 
 from agent import bridge_protocol as bp
+from agent import setup_records
 from agent.bridge_replies import UnlockReply, reply_data
 from agent.config import load_config
 from cloud.messages import Screen
@@ -101,9 +102,9 @@ async def test_too_many_wrong_pins_lock_out_across_reopening(
         await _open(pilot, again)
         await _enter_pin(pilot, again, PIN)
         await until(pilot, lambda: _shows(again, "Too many wrong PINs"))
-    actions = [a for _at, a, _o in agent.journal.setup_log(limit=20)]
+    actions = [a for _at, a, _o in setup_records.setup_log(agent.journal, limit=20)]
     assert actions.count("unlock") == 7
-    assert PIN not in repr(agent.journal.setup_log(limit=20))
+    assert PIN not in repr(setup_records.setup_log(agent.journal, limit=20))
 
 
 async def test_no_pin_configured_stays_locked(agent: ScriptedAgent, tmp_path: Path) -> None:
