@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from datetime import tzinfo
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,8 +34,16 @@ from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
 from agent.bridge_replies import ActionReply, reply_data
 from agent.paths import SOCKET
-from ui.messages import AgentMessage, CashierIntent, OpenSetup, to_message
+from ui.messages import (
+    AgentMessage,
+    CashierIntent,
+    OpenHistory,
+    OpenSetup,
+    Reprint,
+    to_message,
+)
 from ui.screens.checkout import CheckoutScreen
+from ui.screens.history import HistoryScreen, reprint_and_tell
 from ui.screens.setup import SetupScreen
 from ui.view import CheckoutView
 
@@ -91,6 +100,7 @@ class CheckoutApp(App[None], inherit_bindings=False):
         self.ansi_colors = ansi_colors
         self.hint = hint
         self.setup_open = False
+        self.tz: tzinfo | None = None  # the history's times: local (tests pin it)
         self._scrollbar_renderer = ScrollBar.renderer
         self._checkout: CheckoutScreen | None = None
 
@@ -172,6 +182,21 @@ class CheckoutApp(App[None], inherit_bindings=False):
         if not answer.accepted:
             reason = answer.reason or "refused"
             self.notify(f"{name.capitalize()} refused: {reason}", severity="warning")
+
+    # ------------------------------------------------------------ receipts, history
+
+    def on_reprint(self, message: Reprint) -> None:
+        self.reprint(message.trans_no)
+
+    @work(group="intents")
+    async def reprint(self, trans_no: str | None) -> None:
+        await reprint_and_tell(self, self.client, trans_no)
+
+    def on_open_history(self, _message: OpenHistory) -> None:
+        if self.view.busy or not isinstance(self.screen, CheckoutScreen):
+            return
+        screen = HistoryScreen(self.client, self.clock, self.tz, ascii_only=self.ascii_borders)
+        self.push_screen(screen)
 
     # ------------------------------------------------------------ setup
 

@@ -41,6 +41,10 @@ class QueueChanged(AgentMessage):
     """How many orders wait behind the current one."""
 
 
+class PrinterChanged(AgentMessage):
+    """The receipt printer's state and how many receipts wait for it."""
+
+
 class AgentDown(AgentMessage):
     """The agent cannot be reached now; the client keeps reconnecting."""
 
@@ -51,6 +55,7 @@ _KINDS: dict[type, type[AgentMessage]] = {
     bp.ConnectionEvent: ConnectionChanged,
     bp.ReadersEvent: ReadersChanged,
     bp.QueueEvent: QueueChanged,
+    bp.PrinterEvent: PrinterChanged,
     AgentLost: AgentDown,
 }
 
@@ -74,3 +79,15 @@ class CashierIntent(Message):
 
 class OpenSetup(Message):
     """The technician asked for the setup screen."""
+
+
+class OpenHistory(Message):
+    """The cashier asked for the last transactions."""
+
+
+class Reprint(Message):
+    """The cashier asked for a receipt again: ``trans_no``'s, or the last one (None)."""
+
+    def __init__(self, trans_no: str | None = None) -> None:
+        super().__init__()
+        self.trans_no = trans_no

@@ -146,6 +146,7 @@ class CheckoutView:
     gateway_reason: str = ""
     readers: dict[str, str] = field(default_factory=dict)
     queue: int = 0
+    printer: bp.PrinterEvent | None = None  # None: the agent has not said (none configured)
     screen: bp.ScreenEvent | None = None
     # States never regress: the last ``seq`` applied on this connection, and
     # the outcome shown for each recent order (trans_no -> outcome).
@@ -178,6 +179,7 @@ class CheckoutView:
             self.store, self.sn = event.terminal.store_name, event.terminal.sn
             snap = event.snapshot
             self._show(snap.screen)
+            self.printer = snap.printer
             for part in (snap.connection, snap.readers, snap.queue):
                 if part is not None:
                     self._take(part)
@@ -190,6 +192,8 @@ class CheckoutView:
             self.readers = dict(event.readers)
         elif isinstance(event, bp.QueueEvent):
             self.queue = event.waiting
+        elif isinstance(event, bp.PrinterEvent):
+            self.printer = event
 
     def _show(self, event: bp.ScreenEvent | None) -> None:
         """Take ``event`` as the screen unless it would move its order's
@@ -247,6 +251,10 @@ class CheckoutView:
         return self.phase == "order" and self.screen_name is not Screen.AUTHORIZING
 
     @property
+    def has_printer(self) -> bool:
+        return self.agent_up and self.printer is not None and self.printer.state != "none"
+
+    @property
     def busy(self) -> bool:
         """True while a payment is in progress (no setup then)."""
         return self.agent_up and self.screen_name in ORDER_SCREENS
@@ -274,7 +282,19 @@ class CheckoutView:
         ]
         for name, state in self.readers.items():
             items.append((name, state, state == "ready"))
-        return items
+        printer = self.printer_item()
+        return [*items, printer] if printer else items
+
+    def printer_item(self) -> tuple[str, str, bool] | None:
+        """("Printer", its state, healthy), the receipts waiting counted when
+        it is not ready; None when the terminal has no printer."""
+        if not self.has_printer or self.printer is None:
+            return None
+        state, waiting = self.printer.state, self.printer.pending
+        text = state.replace("_", " ")
+        if state != "ready" and waiting:
+            text += f" ({waiting} waiting)"
+        return ("Printer", text, state == "ready")
 
     def status_items(self, room: int) -> list[tuple[str, str, bool]]:
         """``connection_items()`` for a line of ``room`` cells: when they do not
@@ -284,11 +304,22 @@ class CheckoutView:
         items = self.connection_items()
         if items_width(items) <= room or len(items) <= 3:
             return items
-        links, readers = items[:2], items[2:]
+        printer = self.printer_item()
+        links, readers = items[:2], items[2 : len(items) - (1 if printer else 0)]
         down = [item for item in readers if not item[2]]
         ready = len(readers) - len(down)
         summary = f"{ready} ready" if not down else f"{ready}/{len(readers)}"
-        return [*links, ("Readers", summary, not down), *down]
+        # A ready printer is left out when room is short; a fault never is,
+        # and then the readers' summary gives way if all of them are ready.
+        fault = (
+            [(printer[0], self.printer.state.replace("_", " "), False)]
+            if (printer and not printer[2] and self.printer)
+            else []
+        )
+        compact = [*links, ("Readers", summary, not down), *down, *fault]
+        if fault and not down and items_width(compact) > room:
+            return [*links, *fault]
+        return compact
 
     def link_reason(self, label: str) -> str:
         """Why the TMS or the gateway link is down, as the agent said (or "")."""

@@ -20,7 +20,7 @@ import pytest
 from agent import bridge_protocol as bp
 from agent.bridge import BridgeServer, intent_client
 from agent.bridge_client import BridgeClient
-from agent.bridge_replies import Refused, ReplyData, SetupModeReply
+from agent.bridge_replies import HistoryEntry, HistoryReply, Refused, ReplyData, SetupModeReply
 from agent.config import ConfigError, load_config
 from agent.journal import Journal
 from agent.setup_access import LOCKED as SETUP_LOCKED
@@ -31,7 +31,7 @@ from cloud.signing import generate_key_pem
 from tests.waiting import async_until
 from ui.app import CheckoutApp
 
-NOW = 1_800_000_000_000  # the frozen clock (ms)
+NOW = 1_800_000_000_000  # the frozen clock (ms): 2027-01-15 08:00:00 UTC
 
 ORDER = bp.OrderInfo(
     trans_no="TR20250101000001",
@@ -225,6 +225,41 @@ socket = "/run/sadad-agent/agent.sock"   # the checkout screen connects here
 nfc = "pn532:/dev/sadad-nfc"          # the contactless reader
 qr = "scanner:/dev/sadad-qr"
 """
+
+
+# ---------------------------------------------------------------- history
+
+
+def _entry(minutes_ago: int, **fields: Any) -> HistoryEntry:
+    base: dict[str, Any] = {
+        "trans_no": f"2027011508{60 - minutes_ago:02d}00{minutes_ago:06d}",
+        "merchant_order_no": f"A-{1000 + minutes_ago}",
+        "at_ms": NOW - minutes_ago * 60_000,
+        "amount": "12.50 QAR",
+        "status": "APPROVED",
+        "masked_pan": "476173******0010",
+        "brand": "Visa",
+        "entry_mode": "CONTACTLESS",
+        "auth_code": "635072",
+        "reference": "RRN000123",
+        "receipt": True,
+    }
+    base.update(fields)
+    return HistoryEntry(**base)
+
+
+HISTORY = HistoryReply(
+    entries=(
+        _entry(2, amount="1,234.50 QAR"),
+        _entry(9, status="DECLINED", reason="Insufficient funds", auth_code="", amount="88.00 QAR"),
+        _entry(15, status="CANCELLED", reason="cancelled by the cashier", auth_code=""),
+        _entry(21, brand="WeChatPay", masked_pan="", entry_mode="WALLET", amount="7.25 QAR"),
+        _entry(34, trans_type="refund", amount="3.00 QAR"),
+        _entry(40, status="EXPIRED", masked_pan="", brand="", entry_mode="", receipt=False),
+        _entry(55, merchant_order_no="X" * 200, amount="999,999.99 QAR"),
+        _entry(60 * 26, amount="15.00 QAR"),  # yesterday: its date shows
+    )
+)
 
 
 async def drain(seconds: float = 0.05) -> None:

@@ -10,9 +10,11 @@ path reaches the screen). Update the baselines with
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from textual import events, on
 from textual.pilot import Pilot
@@ -21,7 +23,15 @@ from textual.widgets import Input, TextArea
 from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
 from cloud.messages import Screen
-from tests.ui.conftest import ORDER, PIN, ScriptedAgent, screen_text, until, write_config
+from tests.ui.conftest import (
+    HISTORY,
+    ORDER,
+    PIN,
+    ScriptedAgent,
+    screen_text,
+    until,
+    write_config,
+)
 from ui.app import CheckoutApp
 
 CARD = bp.CardInfo(masked_pan="476173******0010", brand="VISA", entry_mode="contactless")
@@ -138,6 +148,25 @@ def test_setup(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(PeerApp(), terminal_size=size, run_before=run_before)
 
 
+@pytest.mark.parametrize("size", SIZES, ids=_id)
+def test_history(snap_compare: Any, size: tuple[int, int]) -> None:
+    """F5: the last transactions (approved, declined, cancelled, a wallet, a
+    refund, an expired one without a receipt, a long order number, yesterday's)."""
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, PeerApp)
+        assert app.agent is not None
+        app.tz = UTC  # the times, whatever the machine's zone
+        app.agent.replies["history"] = msgspec.to_builtins(HISTORY)
+        app.agent.publish(bp.PrinterEvent(state="paper_out", pending=1))
+        await until(pilot, lambda: "F5 History" in screen_text(app))
+        await pilot.press("f5")
+        await until(pilot, lambda: "Reference" in screen_text(app))
+
+    assert snap_compare(PeerApp(), terminal_size=size, run_before=run_before)
+
+
 def test_agent_lost(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await until(pilot, lambda: "reconnecting" in screen_text(pilot.app))  # type: ignore[arg-type]
@@ -149,11 +178,12 @@ def test_ascii_console(snap_compare: Any) -> None:
     assert snap_compare(PeerApp(ascii_borders=True), run_before=_scene("order"))
 
 
-@pytest.mark.parametrize("scene", ["idle", "order", "approved"])
+@pytest.mark.parametrize("scene", ["idle", "order", "approved", "history"])
 def test_docs_screens_are_the_snapshots(scene: str) -> None:
     """docs/screens/ shows the current screens: copy them again after --snapshot-update."""
     root = Path(__file__).parents[2]
     snapshot = Path(__file__).parent / "__snapshots__" / "test_snapshots"
-    baseline = snapshot / f"test_checkout[{scene}-80x24].svg"
+    test = "test_history" if scene == "history" else f"test_checkout[{scene}"
+    baseline = snapshot / f"{test}{'[' if scene == 'history' else '-'}80x24].svg"
     doc = root / "docs" / "screens" / f"{scene}.svg"
     assert doc.read_text() == baseline.read_text(), f"cp '{baseline}' {doc}"

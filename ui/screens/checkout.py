@@ -2,7 +2,9 @@
 
 It only shows a ``CheckoutView`` (``show(view)``, called by the app on every
 agent event) and turns keys into messages for the app: ``CashierIntent``
-(Enter/F1 confirm, Esc/F4 cancel) and ``OpenSetup`` (F2). The last line shows
+(Enter/F1 confirm, Esc/F4 cancel), ``OpenSetup`` (F2), ``Reprint`` (F3, the
+last receipt; with a printer) and ``OpenHistory`` (F5; not while an order is
+on screen: a cashier must not leave a live payment). The last line shows
 only the keys that work now (``KeyHints``).
 
 The screen and its panels keep their widgets as attributes and never
@@ -24,7 +26,7 @@ from textual.containers import Container
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher
 
-from ui.messages import CashierIntent, OpenSetup
+from ui.messages import CashierIntent, OpenHistory, OpenSetup, Reprint
 from ui.view import CheckoutView, Phase
 from ui.widgets.agent_lost import AgentLostPanel
 from ui.widgets.idle_panel import IdlePanel
@@ -48,6 +50,8 @@ class CheckoutScreen(Screen[None]):
         Binding("enter,f1", "confirm", "Confirm", key_display="Enter/F1"),
         Binding("escape,f4", "cancel", "Cancel", key_display="Esc/F4"),
         Binding("f2", "setup", "Setup", key_display="F2"),
+        Binding("f3", "reprint", "Reprint", key_display="F3"),
+        Binding("f5", "history", "History", key_display="F5"),
     ]
 
     def __init__(
@@ -121,6 +125,10 @@ class CheckoutScreen(Screen[None]):
             return self.view.can_cancel
         if action == "setup":
             return not self.view.busy
+        if action == "reprint":
+            return self.view.has_printer and not self.view.busy
+        if action == "history":
+            return self.view.agent_up and not self.view.busy
         return True
 
     def action_confirm(self) -> None:
@@ -131,3 +139,9 @@ class CheckoutScreen(Screen[None]):
 
     def action_setup(self) -> None:
         self.post_message(OpenSetup())
+
+    def action_reprint(self) -> None:
+        self.post_message(Reprint())
+
+    def action_history(self) -> None:
+        self.post_message(OpenHistory())

@@ -38,6 +38,8 @@ class IdlePanel(Vertical):
             {"TMS": "TMS (MQTT)", "Gateway": "Gateway"}.get(label, f"Reader {label}")
             for label, _, _ in items
         ]
+        if view.printer_item() is not None:  # the last item: not a reader
+            names[-1] = "Receipt printer"
         # The names in a column two cells wider than the longest (a reader's
         # name is up to 32 characters): "Reader scanner  ready", never run together.
         column = max((len(name) for name in names), default=12) + 2
