@@ -85,6 +85,7 @@ class Printing:
     ) -> None:
         self._journal = journal
         spec = cfg.printer.spec
+        self.configured = spec is not None
         printer = EscPosPrinter(parse_printer_spec(spec)) if spec else None
         self.worker = PrintWorker(
             journal,
@@ -108,7 +109,7 @@ class Printing:
         self.worker.wake()
 
     def reprint(self, trans_no: str | None) -> ReprintReply:
-        if self.worker.state == "none":
+        if not self.configured:
             return ReprintReply(ok=False, reason="no printer is configured")
         which, why = print_queue.reprint(self._journal, trans_no)
         if why:

@@ -20,9 +20,13 @@ Contract:
 * Card data: ``masked_pan`` must be masked (``bridge_protocol.check_masked``)
   or this raises ValueError - a receipt is never the place a full PAN
   leaks. Every other text comes from outside (the POS, the gateway, the
-  card) and is cleaned first: control and bidi-control characters dropped,
-  and any card-number-like digits - a run of 13 to 19 (ISO/IEC 7812
-  lengths), or 4-4-4-4(-3) and 4-6-5 groups split by spaces or dashes -
+  card) and is cleaned first: control characters become spaces; format
+  characters (bidi controls among them: "Trojan Source", CVE-2021-42574)
+  and combining marks are dropped - a mark between two digits would
+  otherwise print as '?' and split a card number a person still reads -
+  and any card-number-like digits, in any script (Arabic-Indic,
+  full-width: a regex digit is any Unicode decimal digit) - a run of 13 to
+  19 (ISO/IEC 7812 lengths), or 4-4-4-4(-3) and 4-6-5 groups split by spaces or dashes -
   masked to first 6 / last 4, so a POS that puts a card number in its
   order number cannot make the terminal print it. Longer runs are no PAN
   and stay whole: the gateway's 20-digit ``trans_no`` is what a cashier
@@ -34,6 +38,7 @@ Contract:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -54,9 +59,6 @@ _RESULTS = {"APPROVED": "APPROVED", "DECLINED": "DECLINED", "CANCELLED": "CANCEL
 # space or a dash. Bounded by non-digits: a longer run is no PAN.
 _CARD_LIKE = re.compile(
     r"(?<!\d)(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?!\d)"
-)
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 _RID_DIGITS = 10  # the RID: 5 bytes, 10 hex digits
 
@@ -89,11 +91,12 @@ def _clean(text: str | None) -> str:
     """Text from outside, safe to print: see the module contract."""
     if not text:
         return ""
-    kept = (
-        " " if c.isspace() else c
-        for c in text[:512]
-        if c not in _BIDI_CONTROLS and (c.isspace() or c.isprintable())
-    )
+    kept: list[str] = []
+    for c in unicodedata.normalize("NFKC", text[:512]):  # full-width digits: ASCII
+        if c.isspace() or unicodedata.category(c) == "Cc":
+            kept.append(" ")
+        elif c.isprintable() and unicodedata.category(c)[0] != "M":
+            kept.append(c)
     shown = " ".join("".join(kept).split())
     return _CARD_LIKE.sub(lambda m: redact.mask_pan(re.sub(r"\D", "", m.group(0))), shown)
 

@@ -290,8 +290,12 @@ class AgentService:
         engine = self.engine
         assert engine is not None
         await engine.wait_idle()  # never swap parts under a payment
-        if new.journal.path != self.cfg.journal.path or new.ui != self.cfg.ui:
-            log.warning("journal path or [ui] changed: takes effect after a restart")
+        if (new.journal.path, new.ui, new.printer) != (
+            self.cfg.journal.path,
+            self.cfg.ui,
+            self.cfg.printer,
+        ):
+            log.warning("journal path, [ui] or [printer] changed: takes effect after a restart")
         if self.link is not None:
             await self.link.stop()
         for reader in self.readers:

@@ -53,13 +53,19 @@ def test_make_demo_headless_in_a_fresh_copy(tmp_path: Path) -> None:
     lines = [line for line in done.stdout.splitlines() if line.startswith("sale by")]
     assert len(lines) == 3
     assert all(": status 2 " in line for line in lines), lines
-    assert "demo: 3 sales completed" in done.stdout
+    assert "demo: 3 sales completed, 3 receipts printed" in done.stdout
     assert "setup    F2 on the checkout, technician PIN 1234" in done.stdout
     data = clone / "demo-data"  # the Makefile's default, relative to the clone
     agent_toml = next(data.rglob("agent.toml"))
     assert str(data / "nfc.tty") in agent_toml.read_text()  # absolute paths only
     pin_hash = (agent_toml.parent / "technician.pin").read_text()
     assert pin_hash.startswith("scrypt$")  # setup opens with the PIN, kept only hashed
+    # Each sale's receipt, from the simulated printer the demo says it runs.
+    assert f"receipts {data / 'receipts.txt'}" in done.stdout
+    receipts = (data / "receipts.txt").read_text("utf-8")
+    assert receipts.count("APPROVED") == 3
+    assert "476173******0010" in receipts
     agent_log = (data / "logs" / "agent.log").read_text()
     for secret in ("4761739001010010", "134567890123456789"):
         assert secret not in agent_log
+        assert secret not in receipts
