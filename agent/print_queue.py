@@ -18,7 +18,10 @@ Contract:
   ``failed`` (attempts + 1, the reason kept) - a job is never dropped.
   ``reprint(trans_no)`` queues the customer copy again (None: the last
   receipt printed or queued); it refuses a transaction that has no receipt,
-  and one whose receipt already waits (a key held down prints one slip).
+  and one whose receipt already waits (a key held down prints one slip);
+  and at most ``MAX_REPRINTS`` in ``REPRINT_WINDOW_MS``: anyone who can
+  reach the agent's socket (the checkout's user) must not be able to empty
+  the paper roll.
   A job whose receipt cannot be laid out is ``given_up`` (printed_at 0,
   the reason kept): it must not hold up the ones behind it.
 * Printing is outside the money path: nothing here is read by settlement.
@@ -33,6 +36,9 @@ from typing import Literal
 from agent.journal import Journal, Phase, TxRow
 
 Copy = Literal["customer", "merchant"]
+
+MAX_REPRINTS = 5
+REPRINT_WINDOW_MS = 60_000
 
 # Results that print whatever happened before, and those that print only
 # once the customer presented something.
@@ -81,6 +87,12 @@ def reprint(journal: Journal, trans_no: str | None) -> tuple[str | None, str]:
         return trans_no, "the transaction is not finished yet"
     if not receipt_due(tx):
         return trans_no, "no receipt for this result (nothing was read)"
+    since = time.time_ns() // 1_000_000 - REPRINT_WINDOW_MS
+    recent = journal.read(
+        "SELECT COUNT(*) FROM print_jobs WHERE reprint=1 AND created_at>?", (since,)
+    )[0][0]
+    if recent >= MAX_REPRINTS:
+        return trans_no, f"at most {MAX_REPRINTS} reprints a minute: try again shortly"
     waiting = journal.read(
         "SELECT 1 FROM print_jobs WHERE trans_no=? AND printed_at IS NULL LIMIT 1", (trans_no,)
     )

@@ -150,6 +150,10 @@ class CheckoutApp(App[None], inherit_bindings=False):
         was_busy = self.view.busy
         self.view.apply(message.event)
         self.checkout.show(self.view)
+        if self.view.busy and isinstance(self.screen, HistoryScreen):
+            # An order came in: the history only reads, so it gives way at once
+            # rather than hide the order from the cashier (setup asks instead).
+            self.pop_screen()
         order = self.view.order
         if self.setup_open and self.view.busy and not was_busy and order is not None:
             self.notify(

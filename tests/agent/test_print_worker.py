@@ -133,6 +133,17 @@ def test_reprint(journal: Journal) -> None:
     assert [j.reprint for j in print_queue.pending(journal)] == [True]
 
 
+def test_reprints_are_limited(journal: Journal) -> None:
+    for n in range(print_queue.MAX_REPRINTS + 1):
+        finish(journal, f"T{n}")
+    for job in print_queue.pending(journal):
+        print_queue.printed(journal, job.id)
+    for n in range(print_queue.MAX_REPRINTS):
+        assert print_queue.reprint(journal, f"T{n}") == (f"T{n}", "")
+    last = f"T{print_queue.MAX_REPRINTS}"
+    assert print_queue.reprint(journal, last)[1].startswith("at most 5 reprints a minute")
+
+
 def test_pruned_transactions_take_their_jobs(journal: Journal) -> None:
     finish(journal, "T1")
     assert journal.prune(keep_days=1, now_ms=2**42) == 1  # no foreign key left dangling

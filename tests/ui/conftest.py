@@ -230,7 +230,8 @@ qr = "scanner:/dev/sadad-qr"
 # ---------------------------------------------------------------- history
 
 
-def _entry(minutes_ago: int, **fields: Any) -> HistoryEntry:
+def history_entry(minutes_ago: int, **fields: Any) -> HistoryEntry:
+    """A journal row as the agent sends it, made `minutes_ago` before NOW."""
     base: dict[str, Any] = {
         "trans_no": f"2027011508{60 - minutes_ago:02d}00{minutes_ago:06d}",
         "merchant_order_no": f"A-{1000 + minutes_ago}",
@@ -250,14 +251,16 @@ def _entry(minutes_ago: int, **fields: Any) -> HistoryEntry:
 
 HISTORY = HistoryReply(
     entries=(
-        _entry(2, amount="1,234.50 QAR"),
-        _entry(9, status="DECLINED", reason="Insufficient funds", auth_code="", amount="88.00 QAR"),
-        _entry(15, status="CANCELLED", reason="cancelled by the cashier", auth_code=""),
-        _entry(21, brand="WeChatPay", masked_pan="", entry_mode="WALLET", amount="7.25 QAR"),
-        _entry(34, trans_type="refund", amount="3.00 QAR"),
-        _entry(40, status="EXPIRED", masked_pan="", brand="", entry_mode="", receipt=False),
-        _entry(55, merchant_order_no="X" * 200, amount="999,999.99 QAR"),
-        _entry(60 * 26, amount="15.00 QAR"),  # yesterday: its date shows
+        history_entry(2, amount="1,234.50 QAR"),
+        history_entry(
+            9, status="DECLINED", reason="Insufficient funds", auth_code="", amount="88.00 QAR"
+        ),
+        history_entry(15, status="CANCELLED", reason="cancelled by the cashier", auth_code=""),
+        history_entry(21, brand="WeChatPay", masked_pan="", entry_mode="WALLET", amount="7.25 QAR"),
+        history_entry(34, trans_type="refund", amount="3.00 QAR"),
+        history_entry(40, status="EXPIRED", masked_pan="", brand="", entry_mode="", receipt=False),
+        history_entry(55, merchant_order_no="X" * 200, amount="999,999.99 QAR"),
+        history_entry(60 * 26, amount="15.00 QAR"),  # yesterday: its date shows
     )
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from agent import bridge_protocol as bp
@@ -164,3 +165,45 @@ def test_status_items_sum_up_readers_that_do_not_fit() -> None:
     assert v.status_items(40)[2:] == [("Readers", "3 ready", True)]
     v.readers = {"nfc": "ready"}
     assert v.status_items(10) == v.connection_items()  # one reader: nothing to sum up
+
+
+def test_the_printer_from_hello_and_events() -> None:
+    v = CheckoutView()
+    v.apply(_hello())
+    assert (v.printer_item(), v.has_printer) == (None, False)  # the agent did not say
+    v.apply(bp.PrinterEvent(seq=10, state="none"))
+    assert (v.printer_item(), v.has_printer) == (None, False)  # none configured
+    v.apply(bp.PrinterEvent(seq=11, state="paper_out", pending=2))
+    assert v.printer_item() == ("Printer", "paper out (2 waiting)", False)
+    assert v.connection_items()[-1] == v.printer_item()
+    v.apply(bp.PrinterEvent(seq=12, state="ready", pending=1))  # printing: no count
+    assert (v.printer_item(), v.has_printer) == (("Printer", "ready", True), True)
+    v.apply(bp.PrinterEvent(seq=12, state="offline"))  # late: dropped
+    assert v.printer_item() == ("Printer", "ready", True)
+    v.apply(AgentLost(reason="gone"))
+    assert (v.printer_item(), v.has_printer) == (None, False)  # no reprint key then
+    hello = _hello()
+    snapshot = msgspec.structs.replace(hello.snapshot, printer=bp.PrinterEvent(state="cover_open"))
+    v.apply(msgspec.structs.replace(hello, snapshot=snapshot))
+    assert v.printer_item() == ("Printer", "cover open", False)
+
+
+def test_a_printer_fault_always_fits_the_status_bar() -> None:
+    v = CheckoutView()
+    v.apply(_hello())
+    v.apply(bp.ConnectionEvent(seq=10, mqtt="connected", gateway="ok"))
+    v.readers = {"nfc": "ready", "msr": "ready", "scanner": "ready"}
+    v.printer = bp.PrinterEvent(state="ready")
+    full = v.connection_items()
+    assert v.status_items(200) == full
+    # Short of room: the readers summed up, a ready printer left out.
+    assert v.status_items(45)[2:] == [("Readers", "3 ready", True)]
+    # A fault stays; the readers' summary gives way when they are all ready.
+    v.printer = bp.PrinterEvent(state="offline", pending=3)
+    assert v.status_items(45)[2:] == [("Printer", "offline", False)]
+    v.readers["scanner"] = "offline"
+    assert v.status_items(45)[2:] == [
+        ("Readers", "2/3", False),
+        ("scanner", "offline", False),
+        ("Printer", "offline", False),
+    ]

@@ -5,8 +5,9 @@ It asks the agent (``history`` intent: the journal's last 50, newest first,
 masked card at most) once when it opens, and shows them in a table - time,
 amount, status, card - with the highlighted one's details below. F3 (or
 ``r``) asks for that one's receipt again (``reprint``) when it has one; Esc
-goes back. Nothing here is trusted more than the checkout: every text is
-cut to fit and long digit runs are masked again (``ui.view.mask_digits``).
+goes back; an order arriving closes it (``CheckoutApp.apply_agent_event``).
+Nothing here is trusted more than the checkout: every text is cut to fit
+(in cells) and long digit runs are masked again (``ui.view.mask_digits``).
 
 Times are shown in ``tz`` (the app's; local by default) against ``now``
 (the app's clock), so the snapshot tests pin both.
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import ClassVar
 
+from rich.cells import cell_len
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -50,10 +52,20 @@ _PAN_LENGTH = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
 def clip(text: str, width: int, *, mask: bool = True) -> str:
     """One line of at most ``width`` cells: controls dropped, long digit runs
     masked (``ui.view.mask_digits``; with ``mask=False`` only those of a
-    card number's length: a 20-digit ``trans_no`` stays whole)."""
+    card number's length: a 20-digit ``trans_no`` stays whole). Cells, not
+    characters: a wallet's brand in CJK or an emoji takes two each, and a
+    line one cell too wide wraps and pushes the details off the screen."""
     flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     flat = mask_digits(flat) if mask else _PAN_LENGTH.sub(lambda m: mask_digits(m.group(0)), flat)
-    return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "~"
+    if cell_len(flat) <= width:
+        return flat
+    kept, used = [], 0
+    for char in flat:
+        used += cell_len(char)
+        if used > width - 1:  # room for the "~" that says it was cut
+            break
+        kept.append(char)
+    return "".join(kept) + "~"
 
 
 def time_text(at_ms: int, now_ms: int, tz: tzinfo | None) -> str:
@@ -68,7 +80,13 @@ def card_text(entry: HistoryEntry) -> str:
 
 
 def status_text(entry: HistoryEntry) -> str:
-    return STATUS_TEXT.get(entry.status, "In progress")
+    """ "Approved"; a refund or void says so ("Refund approved"): in the list, at a glance."""
+    status = STATUS_TEXT.get(entry.status, "In progress")
+    return (
+        status
+        if entry.trans_type == "sale"
+        else f"{entry.trans_type.capitalize()} {status.lower()}"
+    )
 
 
 def detail_lines(entry: HistoryEntry, width: int) -> list[str]:
@@ -99,7 +117,8 @@ class HistoryScreen(Screen[None]):
                                    background: $panel; text-style: bold; }
     HistoryScreen #history-table { height: 1fr; }
     HistoryScreen #history-details { height: auto; max-height: 10; padding: 0 1;
-                                     border-top: solid $primary; }
+                                     border-top: solid $primary; text-wrap: nowrap;
+                                     text-overflow: ellipsis; }
     HistoryScreen.ascii #history-details { border-top: ascii $primary; }
     HistoryScreen #history-note { height: auto; padding: 0 1; color: $text-muted; }
     """
