@@ -138,6 +138,20 @@ def test_a_technician_pin_is_provisioned_hashed(tmp_path: Path) -> None:
         provision_terminal(layout, "T7", technician_pin="12")
 
 
+def test_a_printer_is_provisioned_with_an_absolute_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    layout = Layout.of(tmp_path)
+    done = provision_terminal(layout, "T9", printer="escpos:lp0.tty;width=32")
+    cfg = agent_load_config(done.agent_config)
+    assert cfg.printer.spec == f"escpos:{tmp_path.absolute() / 'lp0.tty'};width=32"
+    assert cfg.printer.merchant_copy is False
+    assert agent_load_config(provision_terminal(layout, "T9").agent_config).printer.spec is None
+    with pytest.raises(ProvisionError, match="--printer: width='8' must be"):
+        provision_terminal(layout, "T9", printer="escpos:/dev/lp0;width=8")
+
+
 def test_a_terminal_gets_broker_credentials_of_its_own(tmp_path: Path) -> None:
     """User = SN, a random password in mqtt.password (0600) beside agent.toml,
     named there; kept when provisioned again, as the keys are."""
