@@ -39,6 +39,7 @@ from cloud.config_schema import EX_CONFIG, ConfigError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from agent.journal import Journal
 
 __all__ = ["DEFAULT_CONFIG", "load_reader_specs", "main"]
 
@@ -185,16 +186,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_journal(args: argparse.Namespace) -> int:
+def _open_journal(args: argparse.Namespace) -> tuple[AgentConfig, Journal] | None:
+    """The config and its journal, or None once the error is printed."""
     from agent.journal import Journal, JournalError
-    from cloud.timeline import hop_lines
 
     try:
         cfg = _load(args)
-        journal = Journal(cfg.journal.path)
+        return cfg, Journal(cfg.journal.path)
     except (ConfigError, JournalError) as exc:
         print(f"sadad-agent: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_journal(args: argparse.Namespace) -> int:
+    from cloud.timeline import hop_lines
+
+    opened = _open_journal(args)
+    if opened is None:
         return EX_CONFIG
+    _cfg, journal = opened
     try:
         if args.show:
             row = journal.get(args.show)
@@ -225,17 +235,13 @@ def _cmd_journal(args: argparse.Namespace) -> int:
 def _cmd_receipt(args: argparse.Namespace) -> int:
     """Print a receipt again on the running agent's printer, or (``--text``)
     show it here as it prints, from the journal (masked card at most)."""
-    from agent.journal import Journal, JournalError
-
     if args.text:
         from agent.printing import receipt_text
 
-        try:
-            cfg = _load(args)
-            journal = Journal(cfg.journal.path)
-        except (ConfigError, JournalError) as exc:
-            print(f"sadad-agent: {exc}", file=sys.stderr)
+        opened = _open_journal(args)
+        if opened is None:
             return EX_CONFIG
+        cfg, journal = opened
         try:
             row = journal.get(args.trans_no)
         finally:

@@ -51,6 +51,7 @@ import re
 import secrets
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,18 @@ class BrokerError(RuntimeError):
 class Credentials:
     username: str
     password: str = field(repr=False)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM ``proc`` and wait up to 5 s, then SIGKILL. Nothing if it is gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def new_password() -> str:

@@ -57,6 +57,7 @@ from sandbox.broker import (
     free_port,
     port_is_free,
     secret_file,
+    stop_process,
     user_files_locked,
     wait_accepts,
     write_secret,
@@ -376,13 +377,7 @@ class MosquittoBroker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         self.pid_path.unlink(missing_ok=True)
 
     def restart(self) -> None:

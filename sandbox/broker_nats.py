@@ -41,6 +41,7 @@ from sandbox.broker import (
     connack_code,
     free_ports,
     secret_file,
+    stop_process,
     user_files_locked,
     wait_accepts,
     write_secret,
@@ -377,14 +378,7 @@ class NatsCluster:
     @staticmethod
     def _terminate(node: _NatsNode) -> None:
         proc, node.proc = node.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
     def restart(self) -> None:
         """Restart every node on the same ports and storage, one at a time

@@ -30,7 +30,7 @@ from ui.messages import CashierIntent, OpenHistory, OpenSetup, Reprint
 from ui.view import CheckoutView, Phase
 from ui.widgets.agent_lost import AgentLostPanel
 from ui.widgets.idle_panel import IdlePanel
-from ui.widgets.key_hints import KeyHints
+from ui.widgets.key_hints import KeyHints, working_keys
 from ui.widgets.order_panel import OrderPanel
 from ui.widgets.queue_indicator import QueueIndicator
 from ui.widgets.result_panel import ResultPanel
@@ -110,13 +110,7 @@ class CheckoutScreen(Screen[None]):
         self._switcher.current = panel
         self._body.set_classes(f"-{panel}")
         self._queue.show(view)
-        self._keys.show(
-            tuple(
-                (b.key_display or b.key, b.description)
-                for b in self.BINDINGS
-                if isinstance(b, Binding) and self.check_action(b.action, ())
-            )
-        )
+        self._keys.show(working_keys(self))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "confirm":

@@ -33,7 +33,7 @@ from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
 from agent.bridge_replies import HistoryEntry, HistoryReply, ReprintReply, reply_data
 from ui.view import mask_digits
-from ui.widgets.key_hints import KeyHints
+from ui.widgets.key_hints import KeyHints, working_keys
 
 HISTORY_TIMEOUT = 10.0
 STATUS_TEXT = {
@@ -226,13 +226,7 @@ class HistoryScreen(Screen[None]):
         self._show_keys()
 
     def _show_keys(self) -> None:
-        self._keys.show(
-            tuple(
-                (b.key_display or b.key, b.description)
-                for b in self.BINDINGS
-                if isinstance(b, Binding) and self.check_action(b.action, ())
-            )
-        )
+        self._keys.show(working_keys(self))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "reprint":

@@ -7,8 +7,19 @@ key widgets on every ``refresh_bindings()`` and never frees the old ones
 
 from __future__ import annotations
 
+from textual.binding import Binding
 from textual.content import Content
+from textual.screen import Screen
 from textual.widgets import Static
+
+
+def working_keys(screen: Screen[None]) -> tuple[tuple[str, str], ...]:
+    """(key, what it does) for ``screen``'s bindings its ``check_action`` allows now."""
+    return tuple(
+        (b.key_display or b.key, b.description)
+        for b in screen.BINDINGS
+        if isinstance(b, Binding) and screen.check_action(b.action, ())
+    )
 
 
 class KeyHints(Static):
