@@ -9,7 +9,10 @@
 - subscribes to ``sadad/v1/terminals/+/status`` (retained) and
   ``sadad/v1/terminals/+/events`` and hands each message, with the SN taken
   from its topic, to a callback *on the asyncio loop* (paho's network thread
-  never touches the sandbox's state);
+  never touches the sandbox's state); a topic the broker does not grant in
+  the SUBACK (0x80: refused, or under NATS a JetStream consumer it could not
+  make in time) is logged and subscribed again, 1 s doubling to 30 s, until
+  granted: without it the TMS would hear no terminal and say nothing;
 - keeps a persistent session (clean start off, session expiry 1 day; clean
   session off under 3.1.1) and reconnects by itself when the broker
   restarts; it subscribes again on every connect. Pushes published while
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600
 KEEPALIVE_S = 30
+TOPICS = (every_terminal("status"), every_terminal("events"))
+# A SUBACK that does not grant a topic: subscribe again after 1 s, doubling to 30 s.
+SUBSCRIBE_RETRY_FIRST_S = 1.0
+SUBSCRIBE_RETRY_MAX_S = 30.0
 # CONNACK "Unsupported Protocol Version": 0x84 under MQTT 5, return code 1
 # under 3.1.1, which paho reports as the same reason.
 _UNSUPPORTED_PROTOCOL = 0x84
@@ -85,6 +92,9 @@ class Tms:
         self._on_event = on_event
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # every topic of TOPICS granted
+        self._subscribing: dict[int, tuple[str, ...]] = {}  # SUBSCRIBE mid -> its topics
+        self._subscribe_failures = 0  # since the last full grant
         self._stopping = False
         self._falling_back = False
         self._lock = threading.Lock()  # guards _client and _unsent across the switch to 3.1.1
@@ -108,6 +118,7 @@ class Tms:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
         return client
 
     # ---------------------------------------------------------------- lifecycle
@@ -197,10 +208,12 @@ class Tms:
                 reason_code,
             )
             return
-        client.subscribe([(every_terminal("status"), 1), (every_terminal("events"), 1)])
         with self._lock:
             if client is self._client:
                 self._unsent = None  # paho's own queue carries everything from here
+            self._subscribe_failures = 0
+        self.subscribed.clear()
+        self._subscribe(client, TOPICS)
         self.connected.set()
         log.info(
             "TMS connected to %s as %s (MQTT %s, session present: %s)",
@@ -223,10 +236,57 @@ class Tms:
         if replaced:  # refused for protocol 5: _fall_back takes over
             return
         self.connected.clear()
+        self.subscribed.clear()
         if self._stopping:
             log.info("TMS disconnected from %s", self.url)
         else:
             log.warning("TMS lost %s (%s); reconnecting", self.url, reason_code)
+
+    def _subscribe(self, client: mqtt.Client, topics: tuple[str, ...]) -> None:
+        with self._lock:
+            if self._stopping or client is not self._client:
+                return
+            rc, mid = client.subscribe([(t, 1) for t in topics])
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._subscribing[mid] = topics
+        # Not connected: the next CONNACK subscribes to everything again.
+
+    def _handle_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[Any],
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            topics = self._subscribing.pop(mid, ())
+        failed = tuple(t for t, code in zip(topics, reason_codes, strict=False) if code.is_failure)
+        failed += topics[len(reason_codes) :]  # a SUBACK short of codes grants nothing more
+        if not failed:
+            with self._lock:
+                retried, self._subscribe_failures = self._subscribe_failures, 0
+            if retried:
+                log.info("TMS subscribed to %s after %d refusals", ", ".join(topics), retried)
+            if not self._subscribing:
+                self.subscribed.set()
+            return
+        with self._lock:
+            self._subscribe_failures += 1
+            attempt = self._subscribe_failures
+        delay = min(SUBSCRIBE_RETRY_MAX_S, SUBSCRIBE_RETRY_FIRST_S * 2 ** (attempt - 1))
+        codes = ", ".join(str(c) for c in reason_codes)
+        log.warning(
+            "broker %s did not grant the TMS %s (SUBACK: %s): it hears no terminal "
+            "there; subscribing again in %g s",
+            self.url,
+            ", ".join(failed),
+            codes,
+            delay,
+        )
+        retry = threading.Timer(delay, self._subscribe, args=(client, failed))
+        retry.daemon = True
+        retry.start()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         loop = self._loop

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 import threading
@@ -55,11 +56,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import MqttConfig
 from agent.mqtt.probe import probe_connection
 from cloud.topics import events_topic, every_terminal, orders_topic, status_topic
+from sandbox import tms as tms_module
 from sandbox.broker import TMS_USER, Credentials, new_password
 from sandbox.broker_mosquitto import MosquittoBroker
 from sandbox.broker_nats import NatsCluster
 from tests.integration.agent_rig import Terminal, running_terminal
 from tests.integration.conftest import TIME_SCALE, SandboxHandle, running_sandbox
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -414,6 +417,44 @@ def test_the_tms_publishes_orders_and_reads_events_and_status_only(
     sentinel = token("TA-event")
     assert terminals["TA"].publish(events_topic("TA"), sentinel) == 0
     assert forged not in tms.wait_for(sentinel)
+
+
+@pytest.mark.parametrize("fleet", ["nats"], indirect=True)  # Mosquitto grants every SUBSCRIBE
+def test_the_sandbox_tms_says_when_a_subscription_is_not_granted_and_tries_again(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS answers a SUBSCRIBE it cannot serve with 0x80: outside the user's
+    permissions (here: the TMS logged in as terminal TA), or when it could
+    not make the JetStream consumer in time (seen in the suite: the TMS then
+    heard no terminal's events). The sandbox's TMS says so and subscribes
+    again instead of listening to nothing."""
+    monkeypatch.setattr(tms_module, "SUBSCRIBE_RETRY_FIRST_S", 0.05)
+    login = fleet.creds("TA")
+    tms = tms_module.Tms(
+        fleet.broker.url,
+        username=login.username,
+        password=login.password,
+        on_status=lambda *_: None,
+        on_event=lambda *_: None,
+    )
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "did not grant the TMS" in r.getMessage()]
+
+    loop = asyncio.new_event_loop()
+    with caplog.at_level(logging.WARNING, logger="sandbox.tms"):
+        tms.start(loop)
+        try:
+            until(lambda: len(refusals()) >= 2)  # refused, and refused again
+            assert tms.connected.is_set()
+            assert not tms.subscribed.is_set()
+        finally:
+            tms.stop()
+            loop.close()
+    first = refusals()[0]
+    assert every_terminal("status") in first
+    assert every_terminal("events") in first
+    assert "subscribing again" in first
 
 
 def test_adding_a_user_keeps_everyone_connected(
