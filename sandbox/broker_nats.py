@@ -129,19 +129,21 @@ class NatsCluster:
     (docs/operations.md, "Running a fleet").
 
     - ``start()`` starts every node and returns once each is routed to the
-      others, healthy (``/healthz``: JetStream current with its metadata
-      leader and with every stream and consumer it holds a replica of) and
-      accepts an MQTT connection (MQTT connects stall until then; secure, the
-      probe logs in as the TMS). Raises ``BrokerError``.
+      others, its JetStream current with the metadata leader
+      (``/healthz?js-server-only=true``) and it accepts an MQTT connection
+      (MQTT connects stall until then; secure, the probe logs in as the
+      TMS). Raises ``BrokerError``.
     - ``kill(i)`` SIGKILLs node ``i`` (a crash); ``start_node(i)`` brings it back
-      on the same ports and storage; ``stop()`` ends them all.
-    - ``restart()`` restarts every node, one at a time, each back and healthy
-      before the next stops: the rolling restart a NATS cluster is
-      maintained with (docs/operations.md). Stopping all of them at once is
-      not a restart but an outage, after which nats-server 2.9 was seen here
-      (in CI) to stop delivering QoS 1 messages to MQTT sessions for over a
-      minute, as upstream reports for consumers after their leaders restart
-      (nats-io/nats-server#5679, #6025).
+      on the same ports and storage, ready as ``start()`` says; ``stop()``
+      ends them all.
+    - ``restart()`` restarts every node, one at a time, each back, ready and
+      replicated (every stream and consumer led, the node's stream replicas
+      current: ``_replicated``) before the next stops: the rolling restart a
+      NATS cluster is maintained with (docs/operations.md). Stopping all of
+      them at once is not a restart but an outage, after which nats-server
+      2.9 was seen here (in CI) to stop delivering QoS 1 messages to MQTT
+      sessions for over a minute, as upstream reports for consumers after
+      their leaders restart (nats-io/nats-server#5679, #6025).
     - ``urls`` lists the nodes' MQTT URLs; ``url`` is node 0's (for a client
       that takes one broker).
     - secure: the terminals' users live in ``data_dir/users.json``, the TMS's
@@ -308,11 +310,15 @@ class NatsCluster:
                 start_new_session=True,
             )
 
-    def _wait_ready(self, which: range | list[int]) -> None:
+    def _wait_ready(self, which: range | list[int], *, replicated: bool = False) -> None:
         deadline = time.monotonic() + self.start_timeout
         for i in which:
             node = self.nodes[i]
-            while not (self._serves_mqtt(node) and self._joined(node)):
+            while not (
+                self._serves_mqtt(node)
+                and self._joined(node)
+                and (not replicated or self._replicated(node))
+            ):
                 if node.proc is None or node.proc.poll() is not None:
                     raise BrokerError(f"nats-server {node.name} exited:\n{self._log_tail(node)}")
                 if time.monotonic() > deadline:
@@ -324,20 +330,52 @@ class NatsCluster:
 
     def _joined(self, node: _NatsNode) -> bool:
         """Routed to every other node, JetStream has a metadata leader, and
-        the node is healthy (the monitoring port's /routez, /jsz, /healthz:
-        its JetStream is current with every stream and consumer it holds).
-        A node accepts MQTT CONNECTs before that ("Waiting for routing to be
-        established"), and a push published then could wait a minute: the
-        suite under stress-ng saw it."""
+        the node's JetStream is current with it (the monitoring port's
+        /routez, /jsz, /healthz?js-server-only=true). A node accepts MQTT
+        CONNECTs before that ("Waiting for routing to be established"), and a
+        push published then could wait a minute: the suite under stress-ng
+        saw it."""
         if len(self.nodes) < 2:
             return True
         try:
             routes = self._monitor(node, "routez").get("num_routes", 0)
             meta = self._monitor(node, "jsz").get("meta_cluster") or {}
-            health = self._monitor(node, "healthz").get("status")
+            health = self._monitor(node, "healthz?js-server-only=true").get("status")
         except (OSError, ValueError):
             return False
         return bool(routes >= len(self.nodes) - 1 and meta.get("leader") and health == "ok")
+
+    def _replicated(self, node: _NatsNode) -> bool:
+        """Every stream (the sessions, the queued messages, the retained
+        ones) and consumer has a leader, and each stream's leader counts
+        ``node``'s replica current (/jsz with its streams and consumers, from
+        every running node). Not /healthz: after a restart nats-server 2.9.10
+        was seen to leave a consumer's replica on the node "not current" for
+        over a minute while its leader delivered and took acks as usual, so
+        /healthz stayed 503 for an asset nothing waited on."""
+        if len(self.nodes) < 2:
+            return True
+        page = "jsz?accounts=true&streams=true&consumers=true"
+        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        try:
+            views = {n.name: self._monitor(n, page) for n in running}
+        except (OSError, ValueError):
+            return False
+        for name, view in views.items():
+            for account in view.get("account_details") or []:
+                for stream in account.get("stream_detail") or []:
+                    cluster = stream.get("cluster") or {}
+                    if not cluster.get("leader"):
+                        return False
+                    consumers = stream.get("consumer_detail") or []
+                    if any(not (c.get("cluster") or {}).get("leader") for c in consumers):
+                        return False
+                    if cluster["leader"] != name or name == node.name:
+                        continue  # only a leader knows whether its followers are current
+                    replicas = {r.get("name"): r for r in cluster.get("replicas") or []}
+                    if not (replicas.get(node.name) or {}).get("current"):
+                        return False
+        return True
 
     def _monitor(self, node: _NatsNode, page: str) -> dict[str, Any]:
         url = f"http://{self.host}:{node.http_port}/{page}"
@@ -385,7 +423,8 @@ class NatsCluster:
         (SIGTERM, then back and healthy before the next). Raises BrokerError."""
         for i in range(len(self.nodes)):
             self._terminate(self.nodes[i])
-            self.start_node(i)
+            self._spawn(i)
+            self._wait_ready([i], replicated=True)
 
     def __enter__(self) -> NatsCluster:
         self.start()
