@@ -520,7 +520,12 @@ def _serve_until_stopped(args: argparse.Namespace, stop: _Stop) -> int:
             "pos_config": str(layout.pos_config),
         }
         online = [t.sn for t in terminals]
-        asyncio.run(_run(server, sock, announce, lambda: all(map(store.terminal_online, online))))
+
+        def ready() -> bool:
+            listening = gw.tms is None or gw.tms.subscribed.is_set()
+            return listening and all(map(store.terminal_online, online))
+
+        asyncio.run(_run(server, sock, announce, ready))
         log.info("sandbox stopped")
         return 0
     finally:
@@ -541,8 +546,10 @@ async def _run(
 ) -> None:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     deadline = time.monotonic() + READY_TIMEOUT
-    # Ready: serving, and every simulated terminal online (its retained status
-    # reached the TMS), so an order pushed next is delivered at once.
+    # Ready: serving, the TMS subscribed to every terminal's status and events
+    # (an event sent before that is never heard), and every simulated
+    # terminal online (its retained status reached the TMS), so an order
+    # pushed next is delivered at once.
     while not (server.started and (ready() or time.monotonic() > deadline)):
         if task.done():
             await task  # startup failed: raise its error
@@ -550,7 +557,9 @@ async def _run(
         await asyncio.sleep(0.05)
     if not ready():
         log.warning(
-            "simulated terminals not online after %.0f s; see their agent.log", READY_TIMEOUT
+            "the TMS is not subscribed or simulated terminals are not online after %.0f s; "
+            "see the broker and their agent.log",
+            READY_TIMEOUT,
         )
     print(json.dumps(announce), flush=True)
     log.info("sandbox ready: %s", announce)

@@ -368,13 +368,21 @@ class Terminal:
         crash_at: str | None = None,
         fail_at: str | None = None,
         ready: bool = True,
+        connected: float | None = None,
     ) -> None:
         """Run the agent until it says ready (``ready=False``: just start it);
         ``crash_at`` makes it SIGKILL itself at that step
         (``agent.faults.crash_point``), ``fail_at`` raise there once
-        (``agent.faults.fail_point``)."""
+        (``agent.faults.fail_point``). ``connected``: then wait up to that
+        many seconds for its MQTT link to connect (SUBACK granted: from then
+        on the broker keeps the pushes for its session). "Ready" comes after
+        the first attempt, connected or not; a push published before the
+        first subscription of a new session is lost, as MQTT has it."""
         said_ready = f"agent {self.sn} ready ("
-        before = self.log_text().count(said_ready)
+        said_connected = "mqtt: connected ("
+        log_before = self.log_text()
+        before = log_before.count(said_ready)
+        connected_before = log_before.count(said_connected)
         env = dict(os.environ, **unit_environment())
         env.pop("SADAD_AGENT_CRASH_AT", None)
         env.pop("SADAD_AGENT_FAIL_AT", None)
@@ -401,6 +409,14 @@ class Terminal:
             return self.log_text().count(said_ready) > before
 
         until(said_so, timeout=30)
+        if connected is not None:
+
+            def link_up() -> bool:
+                if agent.poll() is not None:
+                    raise AssertionError(f"agent exited {agent.returncode}")
+                return self.log_text().count(said_connected) > connected_before
+
+            until(link_up, timeout=connected)
         if watch and self.watcher is None:
             self.watcher = ScreenWatcher(self.socket)
 

@@ -74,7 +74,7 @@ def term(fleet: SandboxHandle, tmp_path: Path) -> Iterator[Terminal]:
         mqtt_urls=nodes(fleet),
     )
     try:
-        t.start_agent()
+        t.start_agent(connected=FAILOVER_S)  # a push before its first SUBACK would be lost
         yield t
     finally:
         t.close()
