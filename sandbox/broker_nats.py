@@ -134,11 +134,14 @@ class NatsCluster:
       (MQTT connects stall until then; secure, the probe logs in as the
       TMS). Raises ``BrokerError``.
     - ``kill(i)`` SIGKILLs node ``i`` (a crash); ``start_node(i)`` brings it back
-      on the same ports and storage, ready as ``start()`` says; ``stop()``
-      ends them all.
+      on the same ports and storage and returns once it is ready as
+      ``start()`` says and replicated: every stream and consumer led, and
+      the node's stream replicas current (``_replicated``). After a crash
+      2.9.10 was seen to elect a consumer's leader on the node brought back
+      while its replica of the message stream still lagged, and that
+      consumer delivered nothing. ``stop()`` ends them all.
     - ``restart()`` restarts every node, one at a time, each back, ready and
-      replicated (every stream and consumer led, the node's stream replicas
-      current: ``_replicated``) before the next stops: the rolling restart a
+      replicated before the next stops: the rolling restart a
       NATS cluster is maintained with (docs/operations.md). Stopping all of
       them at once is not a restart but an outage, after which nats-server
       2.9 was seen here (in CI) to stop delivering QoS 1 messages to MQTT
@@ -406,7 +409,7 @@ class NatsCluster:
     def start_node(self, i: int) -> None:
         """Bring node ``i`` back (same ports, same storage). Raises BrokerError."""
         self._spawn(i)
-        self._wait_ready([i])
+        self._wait_ready([i], replicated=True)
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after 5 s). Idempotent."""
@@ -423,8 +426,7 @@ class NatsCluster:
         (SIGTERM, then back and healthy before the next). Raises BrokerError."""
         for i in range(len(self.nodes)):
             self._terminate(self.nodes[i])
-            self._spawn(i)
-            self._wait_ready([i], replicated=True)
+            self.start_node(i)
 
     def __enter__(self) -> NatsCluster:
         self.start()
