@@ -42,6 +42,7 @@ from ui.messages import (
     Reprint,
     to_message,
 )
+from ui.render_caches import forget_sale_text, text_caches
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.history import HistoryScreen, reprint_and_tell
 from ui.screens.setup import SetupScreen
@@ -92,6 +93,7 @@ class CheckoutApp(App[None], inherit_bindings=False):
         allow_quit: bool = False,
     ) -> None:
         super().__init__()
+        text_caches()  # raises at start if rich no longer has them (ui.render_caches)
         self.client = client or BridgeClient(socket_path)
         self.allow_quit = allow_quit
         self.view = CheckoutView()
@@ -150,6 +152,8 @@ class CheckoutApp(App[None], inherit_bindings=False):
         was_busy = self.view.busy
         self.view.apply(message.event)
         self.checkout.show(self.view)
+        if was_busy and not self.view.busy:
+            forget_sale_text()  # the sale's text is never drawn again (ui.render_caches)
         if self.view.busy and isinstance(self.screen, HistoryScreen):
             # An order came in: the history only reads, so it gives way at once
             # rather than hide the order from the cashier (setup asks instead).
