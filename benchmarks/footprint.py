@@ -17,11 +17,12 @@ unit's watchdog):
 - idle CPU of the agent (and of the UI) over a window, as a percentage of one core;
 - ``sadad-ui`` RSS on an 80x25 pty (``TERM=linux``, as the unit runs it), connected to
   the agent, idle and after the sales; its growth per 1,000 sales the same way. Its
-  first ~50 sales allocate for good (first draws of each panel), and its first
-  ~1,000 fill rich's cell-width cache (``rich.cells.cached_cell_len``, 4,096 texts,
-  ~0.6 MB: each sale draws new texts, its order number and auth code), so a run
-  of 500 sales after the default warm-up includes part of that one-time fill;
-  ``--warmup 1000`` measures past it.
+  first ~50 sales allocate for good (first draws of each panel). Each sale's new
+  texts (order number, amounts, auth code) filled rich's text-keyed caches
+  (``rich.cells.cached_cell_len``, 4,096 texts, ~0.6 MB) over the first ~1,000
+  sales until the checkout emptied them at the end of each sale
+  (``ui/render_caches.py``); ``--warmup 1000`` compares with the figures
+  measured before that.
 
 Baselines, measured in the same run and with the unit's environment as the agent
 (``PYTHONOPTIMIZE=2``): a bare interpreter (``python -c "import asyncio"``:
