@@ -212,6 +212,7 @@ class Tms:
             if client is self._client:
                 self._unsent = None  # paho's own queue carries everything from here
             self._subscribe_failures = 0
+            self._subscribing.clear()  # a SUBACK due on the last connection never comes
         self.subscribed.clear()
         self._subscribe(client, TOPICS)
         self.connected.set()

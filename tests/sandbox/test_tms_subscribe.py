@@ -8,6 +8,7 @@ import logging
 import threading
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
@@ -90,3 +91,17 @@ def test_a_retry_after_stop_or_a_reconnect_sends_nothing() -> None:
     tms._subscribe(client, TOPICS)  # type: ignore[arg-type]
     assert client.subscribes == []
     assert replaced.subscribes == []
+
+
+def test_a_suback_lost_with_its_connection_does_not_hold_back_subscribed() -> None:
+    """A SUBSCRIBE sent on a connection that then dropped gets no SUBACK;
+    the next CONNACK subscribes again and its SUBACK alone decides."""
+    client = RecordingClient()
+    tms = tms_with(client)
+    tms._subscribe(client, TOPICS)  # type: ignore[arg-type]  # lost with its connection
+    accepted = ReasonCode(PacketTypes.CONNACK, identifier=0)
+    flags = mqtt.ConnectFlags(session_present=True)
+    tms._handle_connect(client, None, flags, accepted, None)  # type: ignore[arg-type]
+    assert client.subscribes[-1] == (2, list(TOPICS))
+    suback(tms, client, 2, [GRANTED, GRANTED])
+    assert tms.subscribed.is_set()
