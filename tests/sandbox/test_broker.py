@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -242,3 +243,63 @@ def test_secure_nats_configs_carry_every_user(tmp_path: Path) -> None:
     assert "authorization" not in NatsCluster(tmp_path / "open", nodes=1)._config(
         cluster.nodes[0], None
     )
+
+
+class _Running:
+    """Stands for a node's process that runs (``poll()`` is None)."""
+
+    def poll(self) -> None:
+        return None
+
+
+def _stream(
+    name: str, leader: str | None, current: dict[str, bool], consumers: int = 1
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cluster": {
+            "leader": leader,
+            "replicas": [{"name": n, "current": c} for n, c in current.items()],
+        },
+        "consumer_detail": [{"cluster": {"leader": leader}} for _ in range(consumers)],
+    }
+
+
+def _replicated_with(tmp_path: Path, views: dict[str, list[dict[str, Any]]], node: int = 1) -> bool:
+    """``NatsCluster._replicated`` for node ``node`` given each node's /jsz streams."""
+    cluster = NatsCluster(tmp_path, nodes=3)
+    for n in cluster.nodes:
+        n.proc = _Running()  # type: ignore[assignment]
+    pages: dict[str, dict[str, Any]] = {
+        n.name: {"account_details": [{"stream_detail": views[n.name]}]} for n in cluster.nodes
+    }
+    cluster._monitor = lambda node, page: pages[node.name]  # type: ignore[method-assign]
+    return cluster._replicated(cluster.nodes[node])
+
+
+def test_a_node_counts_as_replicated_when_each_stream_leader_says_it_is_current(
+    tmp_path: Path,
+) -> None:
+    """The rule behind start_node and the rolling restart (unit: the /jsz
+    pages as nats-server 2.9.10 gave them in the suite). Only a stream's
+    leader knows whether a follower is current; a node's own view of its
+    peers is ignored; any stream or consumer without a leader means not yet."""
+    fine = {
+        "n0": [_stream("$MQTT_msgs", "n0", {"n1": True, "n2": True})],
+        "n1": [_stream("$MQTT_msgs", "n0", {"n0": False, "n2": False})],  # a follower's view
+        "n2": [_stream("$MQTT_msgs", "n0", {"n0": True, "n1": False})],  # another follower's
+    }
+    assert _replicated_with(tmp_path / "a", fine)
+    lagging = dict(fine, n0=[_stream("$MQTT_msgs", "n0", {"n1": False, "n2": True})])
+    assert not _replicated_with(tmp_path / "b", lagging)
+    # Seen after two kills: n1 routed, yet no stream leader in its view.
+    cut_off = dict(fine, n1=[_stream("$MQTT_msgs", None, {"n0": True, "n2": True})])
+    assert not _replicated_with(tmp_path / "c", cut_off)
+    leaderless_consumer = dict(fine)
+    leaderless_consumer["n2"] = [
+        {**fine["n2"][0], "consumer_detail": [{"cluster": {"leader": None}}]}
+    ]
+    assert not _replicated_with(tmp_path / "d", leaderless_consumer)
+    # The node leads the stream itself: nothing more to ask.
+    leads = {n: [_stream("$MQTT_msgs", "n1", {"n0": True, "n2": True})] for n in fine}
+    assert _replicated_with(tmp_path / "e", leads)
