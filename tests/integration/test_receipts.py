@@ -54,6 +54,12 @@ def printer_state(term: Terminal) -> str | None:
     return None if status is None else status.printer
 
 
+def nothing_waiting(term: Terminal) -> bool:
+    """The checkout's last printer event: ready, no job waiting."""
+    printer = term.screens.printer
+    return printer is not None and printer.state == "ready" and printer.pending == 0
+
+
 def test_a_sale_prints_its_receipt(term: Terminal) -> None:
     order = term.push("12.30")
     term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)
@@ -75,6 +81,9 @@ def test_a_sale_prints_its_receipt(term: Terminal) -> None:
     assert scan_for_card_data(term.receipts_path, term.workdir / "printer.log") == []
     assert all(secret.encode() not in printed for secret in SECRETS)
     until(lambda: printer_state(term) == "ready", timeout=30, what="printer ready in the status")
+    # The slip is out before its job is marked printed (the worker asks the
+    # printer's status after it first); a reprint before that is refused.
+    until(lambda: nothing_waiting(term), timeout=30, what="the job marked printed")
 
     # Reprint from the command line: the same receipt again, marked.
     cli = [sys.executable, "-m", "agent.cli", "receipt", order.trans_no, "--config"]
