@@ -28,8 +28,14 @@ from agent.clock import wall_ms
 from agent.journal import Journal
 from agent.reject_reports import RejectReports, Report
 from cloud import envelope, redact
+from cloud.messages import MAX_ID
 
 log = logging.getLogger(__name__)
+
+
+def _contract_id(message_id: str) -> bool:
+    """An id as docs/protocol.md has it: 1..64 printable ASCII characters."""
+    return 0 < len(message_id) <= MAX_ID and message_id.isascii() and message_id.isprintable()
 
 
 class PushRejections:
@@ -66,14 +72,20 @@ class PushRejections:
         self._flush(stopping=True)
 
     def _genuine(self, message_id: str, exc: envelope.PushRejected) -> None:
-        message_id = redact.safe(message_id, 64)
+        # The gateway's own id, signed: journaled and reported exactly as it
+        # came (the TMS finds its push by it; a hex id can hold a run of 13
+        # digits, which masking would have changed), as an accepted push's
+        # is. Only the log line masks it. An id outside the contract's shape
+        # (1..64 printable ASCII) is not an id anyone can match: kept masked.
+        shown = redact.safe(message_id, MAX_ID)
+        key = message_id if _contract_id(message_id) else shown
         with self._journal.batch():  # the record and its event in one commit
             if not self._journal.record_rejected_push(
-                message_id, redact.safe(exc.topic or "unknown"), exc.reason
+                key, redact.safe(exc.topic or "unknown"), exc.reason
             ):
                 return  # delivered again: reported the first time
-            self._journal.enqueue_event("rejected", message_id, None, exc.reason)
-        log.warning("push %s rejected (%s): %s", message_id, exc.reason, redact.safe(str(exc), 160))
+            self._journal.enqueue_event("rejected", key, None, exc.reason)
+        log.warning("push %s rejected (%s): %s", shown, exc.reason, redact.safe(str(exc), 160))
         self._wake_outbox()
 
     def _unverified(self, size: int, exc: envelope.PushRejected) -> None:
