@@ -23,6 +23,11 @@ Contract:
   less than a publish round trip may be skipped) and a burst never floods
   the broker. ``flush()`` publishes without the hold. Neither raises; while
   the link is not connected they do nothing (the next connect publishes).
+* After ``sign_off()`` nothing more is published on that connection: a
+  change held or coalesced behind a publish in flight would otherwise go
+  out after ``offline`` and leave the retained status ``online`` after a
+  clean stop, the will dropped (seen in the suite under load: the TMS got
+  online, offline, online).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class StatusPublisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._hold = Coalescer(self._send)
+        self._signed_off: Session | None = None  # the connection sign_off() said offline on
 
     def will(self, keepalive: int) -> bytes:
         """The ``offline`` status for the CONNECT's will, stamped now."""
@@ -87,6 +93,7 @@ class StatusPublisher:
     async def sign_off(self, session: Session) -> None:
         """Publish ``offline`` (retained) before a clean disconnect, waiting up
         to SIGN_OFF_WAIT s for its PUBACK. Never raises."""
+        self._signed_off = session  # from here, no online status on it (_send)
         try:
             async with asyncio.timeout(SIGN_OFF_WAIT):
                 await session.publish(self.topic, self._offline(session.keepalive), retain=True)
@@ -127,7 +134,7 @@ class StatusPublisher:
 
     def _send(self) -> None:
         session = self._connected()
-        if session is None:
+        if session is None or session is self._signed_off:
             return
         status = self._online(session)
         key = _status_key(status)
