@@ -42,7 +42,7 @@ from ui.messages import (
     Reprint,
     to_message,
 )
-from ui.render_caches import forget_sale_text, text_caches
+from ui.render_caches import forget_sale_text
 from ui.screens.checkout import CheckoutScreen
 from ui.screens.history import HistoryScreen, reprint_and_tell
 from ui.screens.setup import SetupScreen
@@ -93,7 +93,6 @@ class CheckoutApp(App[None], inherit_bindings=False):
         allow_quit: bool = False,
     ) -> None:
         super().__init__()
-        text_caches()  # raises at start if rich no longer has them (ui.render_caches)
         self.client = client or BridgeClient(socket_path)
         self.allow_quit = allow_quit
         self.view = CheckoutView()

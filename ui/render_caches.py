@@ -19,8 +19,8 @@ The style-keyed caches (``Style.parse``, ``Strip.render_ansi``, ...) are
 bounded by the app's own styles and are left alone.
 
 Both are private to rich (read in rich 15.0); if a release drops one,
-``text_caches()`` raises at start-up rather than let the checkout grow again
-unnoticed (tests/ui/test_no_growth.py checks them too).
+importing this module (the UI's start) raises rather than let the checkout
+grow again unnoticed (tests/ui/test_no_growth.py checks them too).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class _LruCached(Protocol):
     def cache_info(self) -> object: ...
 
 
-def text_caches() -> dict[str, _LruCached]:
-    """The caches ``forget_sale_text`` empties, by name. Raises RuntimeError
-    if rich no longer has one of them as an lru_cache."""
+def _text_caches() -> tuple[_LruCached, ...]:
+    """The caches ``forget_sale_text`` empties. Raises RuntimeError if rich no
+    longer has one of them as an lru_cache."""
     found: dict[str, object] = {
         "rich.cells.cached_cell_len": getattr(cells, "cached_cell_len", None),
         "rich.segment.Segment._split_cells": getattr(segment.Segment, "_split_cells", None),
@@ -47,17 +47,18 @@ def text_caches() -> dict[str, _LruCached]:
         raise RuntimeError(
             f"rich has no lru_cache {', '.join(missing)}: ui/render_caches.py needs updating"
         )
-    return {name: cast(_LruCached, fn) for name, fn in found.items()}
+    return tuple(cast(_LruCached, fn) for fn in found.values())
+
+
+TEXT_CACHES = _text_caches()  # found once, when the UI starts (ui.app imports this)
 
 
 def cached_entries() -> int:
     """How many entries the text caches hold now."""
-    return sum(int(getattr(fn.cache_info(), "currsize", 0)) for fn in text_caches().values())
+    return sum(int(getattr(fn.cache_info(), "currsize", 0)) for fn in TEXT_CACHES)
 
 
-def forget_sale_text() -> int:
-    """Empty the text caches; returns how many entries they held."""
-    held = cached_entries()
-    for fn in text_caches().values():
+def forget_sale_text() -> None:
+    """Empty the text caches."""
+    for fn in TEXT_CACHES:
         fn.cache_clear()
-    return held
