@@ -267,9 +267,10 @@ class Tms:
         if not failed:
             with self._lock:
                 retried, self._subscribe_failures = self._subscribe_failures, 0
+                everything = not self._subscribing  # no other SUBACK still due
             if retried:
                 log.info("TMS subscribed to %s after %d refusals", ", ".join(topics), retried)
-            if not self._subscribing:
+            if everything:
                 self.subscribed.set()
             return
         with self._lock:
