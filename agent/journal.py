@@ -60,6 +60,11 @@ from cloud.status_rules import Verdict
 
 log = logging.getLogger(__name__)
 
+# SQLite's automatic checkpoint, in WAL pages (its default, set explicitly):
+# the COMMIT that brings the WAL past it copies the WAL into the database
+# and syncs both, inside that commit.
+AUTOCHECKPOINT_PAGES = 1000
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -89,6 +94,7 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             # The working set is the last few transactions: SQLite's default
             # 2 MiB page cache would only fill up with history (RSS growing by
             # ~1 MB per 300 sales until it is full).
@@ -122,6 +128,12 @@ class Journal:
         try:
             if deferred_sync:
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
+                # Nor a checkpoint: this commit is on the way to the screen,
+                # and a checkpoint inside it (its page copies and two syncs)
+                # held the order back by ~1.5 ms about once in 30 pushes
+                # (benchmarks/push_to_screen.py). The next FULL commit runs it
+                # (an idle terminal's OFFERED, right after the order is drawn).
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._depth += 1
@@ -137,6 +149,7 @@ class Journal:
             finally:
                 if deferred_sync:
                     self._db.execute("PRAGMA synchronous=FULL")
+                    self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             raise JournalError(f"journal write failed: {exc}") from exc
         if deferred_sync:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.journal import Journal, JournalError, OrderRecord, Phase
+from agent.journal import AUTOCHECKPOINT_PAGES, Journal, JournalError, OrderRecord, Phase
 from agent.journal_schema import MIGRATIONS
 from agent.phases import FINAL_PHASES
 
@@ -312,6 +312,26 @@ def test_full_commit_covers_earlier_deferred_ones(journal: Journal) -> None:
         journal.record_order("m1", _order("TR1"))
     assert journal.unsynced
     journal.set_phase("TR1", Phase.OFFERED)  # FULL: fsyncs the WAL, earlier frames too
+    assert not journal.unsynced
+
+
+def test_deferred_sync_commit_never_checkpoints(journal: Journal) -> None:
+    """A push's commit is on the way to the screen: SQLite's automatic
+    checkpoint (page copies and two syncs inside the COMMIT) waits for the
+    next FULL commit, however far past ``AUTOCHECKPOINT_PAGES`` the WAL is."""
+    db_size = journal.path.stat().st_size
+    for n in range(400):  # a few WAL pages each: well past the threshold
+        with journal.batch(deferred_sync=True):
+            journal.record_order(f"m{n}", _order(f"TR{n}", description="x" * 200))
+            journal.enqueue_event("received", f"m{n}", f"TR{n}")
+    page = journal._db.execute("PRAGMA page_size").fetchone()[0]
+    wal = journal.path.with_name("j.db-wal").stat().st_size
+    assert (wal - 32) // (page + 24) > AUTOCHECKPOINT_PAGES  # WAL header, frames
+    assert journal.path.stat().st_size == db_size  # nothing copied into the database
+    pragma = journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert pragma == AUTOCHECKPOINT_PAGES  # restored for every other commit
+    journal.set_phase("TR0", Phase.OFFERED)  # FULL: this commit checkpoints
+    assert journal.path.stat().st_size > db_size
     assert not journal.unsynced
 
 
