@@ -28,6 +28,11 @@ directory on the disk (``workdir``). What this module adds is the timing:
   reads every datagram (``NOTIFY_SOCKET``) and ``WATCHDOG_USEC`` of
   ``WatchdogSec=30``. ``profile=PATH`` runs it under cProfile (``print_profile`` shows the hot
   spots).
+* ``cloud_in_the_background``: the stand-ins for the cloud and the POS (the
+  sandbox's process, this script's threads) put under ``SCHED_IDLE``, so
+  that on this one machine they run only when the terminal's processes and
+  the broker leave a core free, as if they were the other machines they
+  stand for.
 * ``wait_paid``: the quiet point after a sale (the ``paid`` event is out,
   the screen is IDLE again), so the next one starts on an idle agent.
 * ``journal_hops``: a transaction's hop timeline, read-only beside the agent
@@ -151,6 +156,35 @@ def workdir() -> Iterator[Path]:
     """A scratch directory on the same disk as a terminal's journal would be."""
     with tempfile.TemporaryDirectory(prefix="sadad-latency-") as tmp:
         yield Path(tmp)
+
+
+def cloud_in_the_background(*pids: int) -> str:
+    """Every thread of the processes ``pids`` (this one included, if given)
+    under ``SCHED_IDLE``; returns the policy that was set.
+
+    Why: on a terminal, the POS and the gateway are other machines; here they
+    share two cores with it. ``perf sched timehist`` of push_to_screen showed
+    the agent woken for a push, then waiting ~1.6 ms in the run queue behind
+    the script's own POS client (its loop thread reading the create's answer,
+    ~1.2 ms, then its main thread ~1.4 ms) and the sandbox: that was most of
+    the agent share's tail. Under ``SCHED_IDLE`` a stand-in never takes a core
+    from a process of normal policy that wants it. The broker is not put
+    there: the push and the floor both go through it. Threads started later
+    by these threads inherit the policy; processes started earlier (the
+    agents, the stampers, the simulated readers) keep theirs, so call this
+    once everything of the terminal is running. Where ``SCHED_IDLE`` is not
+    allowed, nice 19 instead (returned as such)."""
+    policy = "SCHED_IDLE"
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+            except PermissionError:
+                os.setpriority(os.PRIO_PROCESS, int(tid), 19)
+                policy = "nice 19"
+            except ProcessLookupError:  # a thread that ended meanwhile
+                continue
+    return policy
 
 
 # ---------------------------------------------------------------- MQTT

@@ -25,8 +25,16 @@ before the call (the create, the floor's publish). One clock for all:
 ``CLOCK_MONOTONIC``. Stamped in this script's threads instead, a sample
 could be ~3 ms late (spans below zero).
 
-Target: the agent's share at p99 within 5 ms of the floor's p99
-(``agent_overhead_p99_ms - floor_p99_ms <= 5``).
+Target (issue 17): the agent's share at p99 within 2 ms of the floor's p99
+(``agent_overhead_p99_ms - floor_p99_ms <= 2``).
+
+The cloud's stand-ins run in the background (``SCHED_IDLE``: the sandbox,
+and this script with its POS client, tap and floor publisher;
+``latency_rig.cloud_in_the_background``): on a terminal they are other
+machines, and here, at normal priority, the POS client's reading of the
+create's answer held the agent off both cores for ~1.5 ms in the slowest
+pushes. The broker, the agents, the stampers and the simulated readers keep
+the normal policy.
 
 Two terminals take turns, push by push, so both see the same machine: one
 with its journal on the disk (``disk``: the real thing, whose figures are
@@ -52,6 +60,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -66,6 +75,7 @@ from benchmarks.latency_rig import (
     MqttTap,
     TimedScreens,
     cloud,
+    cloud_in_the_background,
     journal_hops,
     machine,
     print_profile,
@@ -83,6 +93,7 @@ WARMUP = 3
 FLOOR_PER_PUSH = 3
 HOPS = ("push_received", "journaled", "shown", "acknowledged")
 TMPFS = Path("/dev/shm")
+TARGET_MS = 2.0  # agent p99 over the floor's p99 (issue 17)
 
 
 @dataclass
@@ -184,12 +195,15 @@ def run(pushes: int, profile: Path | None) -> dict[str, Any]:
                 lane(sandbox, root, sns["tmpfs"], "tmpfs", Path(shm), None) as ram,
             ):
                 lanes = (disk, ram)
+                # Once the terminals run: the cloud and the POS to the background.
+                policy = cloud_in_the_background(sandbox.process.pid, os.getpid())
                 size = measure(lanes, tap, pushes, floors)
         finally:
             tap.close()
         return {
             "pushes": pushes,
             "push_bytes": size,
+            "cloud_policy": policy,
             "floor": summary(floors),
             **{ln.name: ln.figures() for ln in lanes},
         }
@@ -244,7 +258,8 @@ def main() -> None:
         rows += [(f"    journal hop -> {hop} (whole ms)", s) for hop, s in f["hops"].items()]
     for label, s in rows:
         print(f"{label:<48} {s['p50']:>6.2f} ms {s['p99']:>6.2f} ms {s['max']:>6.2f} ms")
-    print(f"agent p99 - floor p99 (journal on disk): {over:.2f} ms (target <= 5 ms)")
+    print(f"agent p99 - floor p99 (journal on disk): {over:.2f} ms (target <= {TARGET_MS:g} ms)")
+    print(f"cloud stand-ins: {r['cloud_policy']}")
     out = {
         "benchmark": "push_to_screen",
         **r,
@@ -254,7 +269,7 @@ def main() -> None:
         "floor_p50_ms": floor["p50"],
         "floor_p99_ms": floor["p99"],
         "agent_p99_minus_floor_p99_ms": over,
-        "within_target": over <= 5.0,
+        "within_target": over <= TARGET_MS,
         "machine": machine(),
     }
     print(json.dumps(out, sort_keys=True))
