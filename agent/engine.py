@@ -22,9 +22,7 @@ engine:
   ended (and its receipts, ``agent.print_queue``).
 
 The hops of each payment's timeline (``cloud.timeline.HOPS``) are journaled
-where they happen.
-
-One transaction at a time; others wait in a queue, FIFO or FILO as each
+where they happen. One transaction at a time; others wait in a queue, FIFO or FILO as each
 order asks, and the TMS is told ``busy``. All inputs (presentations, cashier
 intents, close pushes) pass through one inbox (``agent.inbox``) consumed by
 one worker task, so triggers never race; the state machine's own timers fire
@@ -38,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -385,10 +384,13 @@ class Engine(Triggers):
         self.current = _Current(tx)
         self._idle.clear()
         # The order on screen first: OFFERED's screen needs nothing but the
-        # order, and the trigger takes several turns of the loop.
+        # order, and the trigger takes several turns of the loop. Linux wakes
+        # the UI on this core, where it waited behind the trigger's work while
+        # the other core idled (docs/perf-log.md): hence the yield.
         self._view(State.OFFERED, tx, progress="Confirm the amount" if tx.confirm else None)
         self._hop("shown")
         await asyncio.sleep(0)  # the bridge writes it before the trigger runs
+        os.sched_yield()
         await self.offer()
 
     async def _close(self, trans_no: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
@@ -207,6 +208,31 @@ async def test_idle_push_drawn_before_its_fsync_and_acknowledged_after(rig: Rig)
     await rig.engine.handle_push(push_order("TR1"))
     assert unsynced_when_drawn == [True]  # on screen before its fsync
     assert not rig.journal.unsynced  # durable before the PUBACK
+
+
+async def test_idle_push_gives_the_ui_the_core_before_offered(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the order is drawn the worker yields the CPU (the UI, woken onto
+    this core, draws it) before the OFFERED trigger's work: the screen, the
+    yield, then OFFERED's commit, in that order."""
+    order: list[str] = []
+    draw = rig.engine.screen._sink
+
+    def on_screen(view: ScreenEvent, waiting: int) -> None:
+        if view.order is not None:
+            order.append(f"screen {view.screen.value}")
+        draw(view, waiting)
+
+    def sched_yield() -> None:
+        unsynced = "push not durable" if rig.journal.unsynced else "durable"
+        order.append(f"yield in {rig.engine.state.value}, {unsynced}")
+
+    rig.engine.screen._sink = on_screen
+    monkeypatch.setattr(os, "sched_yield", sched_yield)
+    await rig.engine.handle_push(push_order("TR1"))
+    assert order[:2] == ["screen WAITING_FOR_CARD", "yield in IDLE, push not durable"]
+    assert rig.engine.state is not State.IDLE  # offered once the yield returned
 
 
 async def test_push_fsynced_by_itself_when_the_worker_is_slow(
