@@ -34,6 +34,7 @@ from agent import bridge_protocol as bp
 from agent.bridge_client import BridgeClient
 from agent.bridge_replies import ActionReply, reply_data
 from agent.paths import SOCKET
+from ui.heap import can_release, release_free_heap
 from ui.messages import (
     AgentMessage,
     CashierIntent,
@@ -127,6 +128,8 @@ class CheckoutApp(App[None], inherit_bindings=False):
             self.theme = "ansi-dark"
         if self.ascii_borders:
             ScrollBar.renderer = AsciiScrollBarRender
+        if not can_release():
+            log.info("no malloc_trim in this C library: free heap pages stay with the checkout")
         self.listen()
 
     async def on_unmount(self) -> None:
@@ -153,6 +156,8 @@ class CheckoutApp(App[None], inherit_bindings=False):
         self.checkout.show(self.view)
         if was_busy and not self.view.busy:
             forget_sale_text()  # the sale's text is never drawn again (ui.render_caches)
+            # and the pages its drawing freed go back, once idle is drawn (ui.heap)
+            self.call_after_refresh(release_free_heap)
         if self.view.busy and isinstance(self.screen, HistoryScreen):
             # An order came in: the history only reads, so it gives way at once
             # rather than hide the order from the cashier (setup asks instead).

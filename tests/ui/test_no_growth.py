@@ -26,11 +26,13 @@ import gc
 from typing import Any
 
 import msgspec
+import pytest
 from textual.widget import Widget
 
 from agent import bridge_protocol as bp
 from cloud.messages import Screen
 from tests.ui.conftest import ORDER, ScriptedAgent, make_app, until
+from ui import app as ui_app
 from ui.app import CheckoutApp
 from ui.render_caches import cached_entries
 
@@ -98,3 +100,25 @@ async def test_sales_leave_nothing_behind(agent: ScriptedAgent) -> None:
         # number and auth code differ in number from another's by a few. Not
         # emptied, the 12 sales added ~90 entries (268 -> 362).
         assert cached_entries() - text_before < 20
+
+
+async def test_each_sale_end_gives_the_freed_heap_back(
+    agent: ScriptedAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the checkout returns to idle, the C heap's free pages go back
+    (``ui.heap``), once per sale, and not while a sale is on screen."""
+    app = make_app(agent.path)
+    released: list[bool] = []
+
+    def release() -> None:
+        released.append(app.view.busy)
+
+    monkeypatch.setattr(ui_app, "release_free_heap", release)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.view.phase == "idle")
+        for n in range(3):
+            await sale(agent, app, pilot, n)
+            sales = n + 1
+            await until(pilot, lambda: len(released) == sales, "the heap released")  # noqa: B023
+        await pilot.pause()
+    assert released == [False, False, False]
