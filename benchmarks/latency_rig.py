@@ -176,14 +176,13 @@ def cloud_in_the_background(*pids: int) -> str:
     allowed, nice 19 instead (returned as such)."""
     policy = "SCHED_IDLE"
     for pid in pids:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
-            except PermissionError:
-                os.setpriority(os.PRIO_PROCESS, int(tid), 19)
-                policy = "nice 19"
-            except ProcessLookupError:  # a thread that ended meanwhile
-                continue
+        for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                try:
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+                except PermissionError:
+                    os.setpriority(os.PRIO_PROCESS, tid, 19)
+                    policy = "nice 19"
     return policy
 
 
