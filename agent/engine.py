@@ -22,13 +22,13 @@ engine:
   ended (and its receipts, ``agent.print_queue``).
 
 The hops of each payment's timeline (``cloud.timeline.HOPS``) are journaled
-where they happen. One transaction at a time; others wait in a queue, FIFO or FILO as each
-order asks, and the TMS is told ``busy``. All inputs (presentations, cashier
-intents, close pushes) pass through one inbox (``agent.inbox``) consumed by
-one worker task, so triggers never race; the state machine's own timers fire
-``expire`` and ``done``. On start, every non-final transaction is resolved
-(an attempt without an answer), expired, or queued again, before new pushes
-are taken.
+where they happen. One transaction at a time; others wait in a queue, FIFO or
+FILO as each order asks, and the TMS is told ``busy``. All inputs
+(presentations, cashier intents, close pushes) pass through one inbox
+(``agent.inbox``) consumed by one worker task, so triggers never race; the
+state machine's own timers fire ``expire`` and ``done``. On start, every
+non-final transaction is resolved (an attempt without an answer), expired, or
+queued again, before new pushes are taken.
 """
 
 from __future__ import annotations
