@@ -21,10 +21,10 @@ import pytest
 from agent.journal import Journal, Phase
 from agent.journal_schema import MAX_REJECTIONS
 from agent.reject_reports import RejectReports
-from cloud import envelope
+from cloud import envelope, wirejson
 from cloud import messages as m
-from cloud.signing import generate_key_pem
-from tests.agent.simpeers import GW_PUBLIC, SN, SimGateway, push_order
+from cloud.signing import generate_key_pem, sign
+from tests.agent.simpeers import GW_PRIVATE, GW_PUBLIC, SN, SimGateway, push_order
 from tests.agent.test_engine import VISA, Rig, _make
 from tests.waiting import async_until
 
@@ -215,6 +215,32 @@ async def test_a_genuine_id_with_a_long_digit_run_is_reported_as_it_came(rig: Ri
     (event,) = [e for e in rig.sink.events if e.event is m.EventKind.REJECTED]
     assert (event.message_id, event.reason) == (message_id, "wrong_terminal")
     assert rig.journal.seen_push(message_id)
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    ["\x1b[2J4761739001010010", "\u202e" + "a" * 10, "A" * 70 + "4761739001010010"],
+    ids=["control-chars-and-pan", "bidi", "too-long"],
+)
+async def test_a_genuine_id_outside_the_contract_is_reported_masked(
+    rig: Rig, message_id: str
+) -> None:
+    """Signed, but no id anyone can match (docs/protocol.md: 1..64 printable
+    ASCII): reported masked and cut, never as it came."""
+    # Signed by the gateway's key, as the builder would not write it.
+    fields = wirejson.loads(push_order("TR1", sn="SOMEONE"))
+    fields["message_id"] = message_id
+    fields["sign"] = sign({k: v for k, v in fields.items() if k != "sign"}, GW_PRIVATE)
+    await rig.engine.handle_push(wirejson.dumps(fields).encode())
+    await async_until(lambda: _reported(rig) == 1)
+    (event,) = [e for e in rig.sink.events if e.event is m.EventKind.REJECTED]
+    assert event.reason in ("malformed", "wrong_terminal")  # refused as signed, not forged
+    assert event.message_id != message_id
+    assert event.message_id is not None
+    assert len(event.message_id) <= 64
+    assert event.message_id.isascii()
+    assert event.message_id.isprintable()
+    assert "4761739001010010" not in event.message_id
 
 
 async def test_a_flood_is_reported_at_a_bounded_rate_and_counted(tmp_path: Path) -> None:
