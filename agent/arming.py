@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 from agent.backoff import Backoff
-from agent.journal import TxRow
+from agent.bridge_protocol import Method
+from agent.journal import ShownOrder, TxRow
 from cloud import messages as m
 from cloud import money
 from drivers.base import (
@@ -37,8 +38,6 @@ from drivers.base import (
 )
 
 log = logging.getLogger(__name__)
-
-Method = Literal["card", "wallet"]
 
 # How the cashier is asked for each kind of reader, in this order.
 _WAYS = (("pn532", "tap"), ("magstripe", "swipe"), ("scanner", "scan"))
@@ -83,7 +82,7 @@ class ReaderArming:
         self._backoff = backoff
         self._tasks: list[asyncio.Task[None]] = []
 
-    def for_order(self, tx: TxRow) -> list[ReaderPort]:
+    def for_order(self, tx: ShownOrder) -> list[ReaderPort]:
         """The readers that can pay this order (its ``pay_scenario``)."""
         if tx.pay_scenario == m.PayScenario.SWIPE_CARD.value:
             return [r for r in self.readers if r.kind != "scanner"]
@@ -91,7 +90,7 @@ class ReaderArming:
             return [r for r in self.readers if r.kind == "scanner"]
         return list(self.readers)
 
-    def methods(self, tx: TxRow) -> tuple[Method, ...]:
+    def methods(self, tx: ShownOrder) -> tuple[Method, ...]:
         kinds = {r.kind for r in self.for_order(tx)}
         found: list[Method] = []
         if kinds - {"scanner"}:
@@ -100,7 +99,7 @@ class ReaderArming:
             found.append("wallet")
         return tuple(found)
 
-    def prompt(self, tx: TxRow) -> str:
+    def prompt(self, tx: ShownOrder) -> str:
         """ "Tap, swipe or scan": what the cashier may do for this order."""
         kinds = {r.kind for r in self.for_order(tx)}
         ways = [way for kind, way in _WAYS if kind in kinds]

@@ -180,6 +180,10 @@ class TerminalInfo(msgspec.Struct, frozen=True, kw_only=True):
     store_name: str = ""
 
 
+# How an order may be paid: a card (tapped or swiped) or a wallet code.
+Method = Literal["card", "wallet"]
+
+
 class OrderInfo(msgspec.Struct, frozen=True, kw_only=True):
     """The order on screen. ``amount`` carries the currency's decimals."""
 
@@ -189,7 +193,7 @@ class OrderInfo(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
     description: str = ""
     trans_type: Literal["sale", "void", "refund"] = "sale"
-    methods: tuple[Literal["card", "wallet"], ...] = ("card", "wallet")
+    methods: tuple[Method, ...] = ("card", "wallet")
     expires_at: int = 0
     confirm_required: bool = False
 

@@ -1,6 +1,6 @@
 """What the checkout is told: the screen, as the bridge protocol's structs
-(``agent.bridge_protocol``), built from the journal's row and the reader's
-presentation, in the look the state table gives each state
+(``agent.bridge_protocol``), built from the order (``ShownOrder``) and the
+reader's presentation, in the look the state table gives each state
 (``State.screen``). Only masked card data, checked by those structs."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Literal
 import msgspec
 
 from agent import bridge_protocol as bp
-from agent.journal import Phase, TxRow
+from agent.bridge_protocol import Method
+from agent.journal import Phase, ShownOrder
 from agent.states import State
 from cloud import money
 from cloud.messages import Screen
@@ -28,7 +29,7 @@ def trans_type_name(trans_type: int) -> Literal["sale", "void", "refund"]:
     return _TRANS_TYPES.get(trans_type, "sale")
 
 
-def order_info(tx: TxRow, methods: Sequence[Literal["card", "wallet"]]) -> bp.OrderInfo:
+def order_info(tx: ShownOrder, methods: Sequence[Method]) -> bp.OrderInfo:
     return bp.OrderInfo(
         trans_no=tx.trans_no,
         merchant_order_no=tx.merchant_order_no,
@@ -84,6 +85,26 @@ def amount_text(amount: Decimal, currency: str) -> str:
     return f"{amount.quantize(Decimal(1).scaleb(-exp)):f}"
 
 
+def look(
+    state: State,
+    tx: ShownOrder,
+    methods: Sequence[Method],
+    progress: str | None = None,
+    card: bp.CardInfo | None = None,
+    result: bp.ResultInfo | None = None,
+    message: str | None = None,
+) -> bp.ScreenEvent:
+    """``tx`` as the state table says ``state`` looks."""
+    return bp.ScreenEvent(
+        screen=state.screen(bool(tx.confirm)),
+        order=order_info(tx, methods),
+        progress=progress,
+        card=card,
+        result=result,
+        message=message,
+    )
+
+
 IDLE = bp.ScreenEvent(screen=Screen.IDLE)
 
 # The checkout and the status, told of each change: the screen and how many wait.
@@ -91,23 +112,34 @@ ScreenSink = Callable[[bp.ScreenEvent, int], None]
 
 
 class CheckoutScreen:
-    """The screen the checkout shows now (``view``), and sending it. ``send``
-    never raises: what the checkout shows must not decide what happens to the
-    money (a screen that cannot be drawn is logged; the order goes on)."""
+    """The screen the checkout shows now (``view``); each change is sent
+    (``send``) with how many orders wait. ``send`` never raises: what the
+    checkout shows must not decide what happens to the money (a screen that
+    cannot be drawn is logged; the order goes on)."""
 
-    def __init__(self, sink: ScreenSink | None, status: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        sink: ScreenSink | None,
+        status: Callable[[], None] | None,
+        *,
+        waiting: Callable[[], int],
+        beat: Callable[[], None],
+    ) -> None:
         self._sink: ScreenSink = sink or (lambda _view, _waiting: None)
         self._status = status or (lambda: None)
+        self._waiting = waiting
+        self._beat = beat
         self.view = IDLE
 
     def idle(self) -> None:
         self.view = IDLE
+        self.send()
 
     def order(
         self,
         state: State,
-        tx: TxRow,
-        methods: Sequence[Literal["card", "wallet"]],
+        tx: ShownOrder,
+        methods: Sequence[Method],
         *,
         progress: str | None = None,
         card: bp.CardInfo | None = None,
@@ -115,25 +147,31 @@ class CheckoutScreen:
         message: str | None = None,
     ) -> None:
         """``tx`` as the state table says ``state`` looks."""
-        self.view = bp.ScreenEvent(
-            screen=state.screen(bool(tx.confirm)),
-            order=order_info(tx, methods),
-            progress=progress,
-            card=card,
-            result=result,
-            message=message,
-        )
+        self.view = look(state, tx, methods, progress, card, result, message)
+        self.send()
+
+    def offered(self, tx: ShownOrder, methods: Sequence[Method]) -> bool:
+        """``tx`` as OFFERED looks; False, and nothing sent, if shown so already."""
+        view = look(State.OFFERED, tx, methods, "Confirm the amount" if tx.confirm else None)
+        if view == self.view:
+            return False
+        self.view = view
+        self.send()
+        return True
 
     def progress(self, text: str) -> None:
         self.view = msgspec.structs.replace(self.view, progress=text)
+        self.send()
 
     def message(self, text: str) -> None:
         self.view = msgspec.structs.replace(self.view, message=text)
+        self.send()
 
-    def send(self, waiting: int) -> None:
-        """Tell the checkout (with ``waiting`` orders queued) and the status."""
+    def send(self) -> None:
+        """Tell the checkout and the status (never raises); a sign of life."""
+        self._beat()
         try:
-            self._sink(self.view, waiting)
+            self._sink(self.view, self._waiting())
         except Exception:
             log.exception("screen %s could not be shown", self.view.screen)
         try:

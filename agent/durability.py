@@ -3,8 +3,8 @@ is on disk" (docs/protocol.md part C; DESIGN.md "Journal").
 
 A push is committed with ``Journal.batch(deferred_sync=True)``: written to
 the OS (another process reads it, and it survives this one being killed) but
-not yet fsynced, so that the order reaches the screen first. It becomes
-durable either
+not yet fsynced, so that the terminal goes on with the order at once (an idle
+one has drawn it already, ``agent.intake``). It becomes durable either
 
 * when any later FULL commit fsyncs the WAL (the journal calls
   ``on_covered``): an idle terminal's OFFERED commit, made right after the

@@ -6,10 +6,11 @@ its ``on_enter_*`` callbacks) and holds the order of things for money
 done by parts that each receive what they need and never call back into the
 engine:
 
-* ``agent.durability``: a push is journaled and ``handle_push`` returns (the
-  MQTT link then sends the PUBACK) only once it is on disk; an idle
-  terminal's order is drawn before that fsync. Redeliveries are recognised
-  by ``message_id`` and ``trans_no`` and do nothing.
+* ``agent.intake`` and ``agent.durability``: a push is journaled and
+  ``handle_push`` returns (the MQTT link then sends the PUBACK) only once it
+  is on disk; an idle terminal draws a verified new order before it journals
+  it. Redeliveries are recognised by ``message_id`` and ``trans_no`` and are
+  never drawn.
 * ``agent.rejections``: anything that is not a genuine push for this
   terminal is rejected, reported (rate-limited) and acknowledged.
 * ``agent.arming``: the readers that can pay the order, armed while it waits.
@@ -56,7 +57,7 @@ from agent.finals import record_final
 from agent.gateway import GatewayClient, decline_reason
 from agent.inbox import CashierAction, ClosePushed, InboxEvent, OfferNext, Presented
 from agent.intake import NewOrder, PushIntake
-from agent.journal import Journal, Phase, TxRow
+from agent.journal import Journal, Phase, ShownOrder, TxRow
 from agent.outbox import EventPublisher, Outbox
 from agent.progress import Progress
 from agent.reject_reports import RejectReports
@@ -108,8 +109,10 @@ class Engine(Triggers):
         self.clock = Clock()
         self.current: _Current | None = None
         self._on_status = on_status or (lambda: None)
-        self.screen = CheckoutScreen(on_screen, self._on_status)
         self.progress = Progress()
+        self.screen = CheckoutScreen(
+            on_screen, self._on_status, waiting=lambda: len(self.queue), beat=self.progress.beat
+        )
         self._inbox: asyncio.Queue[InboxEvent] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -138,7 +141,7 @@ class Engine(Triggers):
         self.arming = ReaderArming(
             readers,
             presented=lambda p: self._inbox.put_nowait(Presented(p)),
-            message=self._message,
+            message=self.screen.message,
             status_changed=self._on_status,
             backoff=self._backoff,
         )
@@ -164,22 +167,9 @@ class Engine(Triggers):
         )
 
     @property
-    def readers(self) -> list[ReaderPort]:
-        return self.arming.readers
-
-    @readers.setter
-    def readers(self, readers: Sequence[ReaderPort]) -> None:
-        self.arming.readers = list(readers)  # between orders (a reload)
-
-    @property
     def queue(self) -> deque[str]:
         """The orders waiting, the next to offer first."""
         return self.waiting.queue
-
-    @property
-    def gateway_ok(self) -> bool | None:
-        """What the last gateway call said of it (None: none yet)."""
-        return self.settlement.gateway_ok
 
     # ================================================================ life cycle
 
@@ -217,7 +207,7 @@ class Engine(Triggers):
             self._enqueue(tx.trans_no, tx.queue_mode)
         else:
             self.waiting.cancel(tx, reason)
-            self._show()
+            self.screen.send()
 
     def start(self) -> None:
         """Start the worker and the outbox (after ``recover``)."""
@@ -265,15 +255,32 @@ class Engine(Triggers):
         genuine push that could not be made durable (it is not acknowledged,
         and the broker delivers it again)."""
         busy = self.current is not None or bool(self.queue)
-        taken = await self.intake.take(payload, busy=busy, waiting=len(self.queue))
+        opened = await self.intake.open(payload)
+        if opened is None:
+            return
+        # Idle: a new order is drawn before it is journaled. The screen is no
+        # outside effect (no reader is armed and no event leaves before the
+        # push is durable; a crash before the PUBACK gets it delivered again),
+        # and the journal's write, which may block in the kernel, then runs
+        # beside the UI's drawing (docs/perf-log.md).
+        drawn = None if busy else opened.new_order
+        drawn_at = taken = None
+        try:
+            if drawn is not None:
+                drawn_at = await self._draw(drawn)
+            waiting = len(self.queue)
+            taken = await self.intake.journal(opened, busy=busy, waiting=waiting, drawn_at=drawn_at)
+        finally:
+            if drawn is not None and not isinstance(taken, NewOrder):
+                log.warning("order %s not journaled: taken off the screen", drawn.trans_no)
+                self.screen.idle()
         if isinstance(taken, ClosePushed):
             self._inbox.put_nowait(taken)
         if not isinstance(taken, NewOrder):
             return
         order = taken.order
-        # Idle: the worker offers it next and that draws the screen (an idle
-        # screen with "1 waiting" first would only delay it), then commits
-        # OFFERED, whose fsync makes the push durable (agent.durability).
+        # The worker offers it next and commits OFFERED, whose fsync makes
+        # an idle terminal's push durable (agent.durability).
         self._enqueue(order.trans_no, order.order_queue_mode.value, show=busy)
         self._inbox.put_nowait(OfferNext())
         await self.durability.durable(wait_for_commit=0.0 if busy else OFFER_COMMIT_WAIT)
@@ -309,7 +316,7 @@ class Engine(Triggers):
     def _enqueue(self, trans_no: str, mode: str, *, show: bool = True) -> None:
         self.waiting.add(trans_no, mode)
         if show:
-            self._show()  # and the status
+            self.screen.send()  # and the status
 
     # ================================================================ the worker
 
@@ -376,6 +383,17 @@ class Engine(Triggers):
         finally:
             self.outbox.wake()  # whatever the interrupted step journaled goes out
 
+    async def _draw(self, order: ShownOrder) -> int | None:
+        """Draw OFFERED's screen, unless drawn already (None), and yield:
+        Linux wakes the UI on this core, where it would wait behind the
+        trigger's work while the other core idles (docs/perf-log.md)."""
+        if not self.screen.offered(order, self.arming.methods(order)):
+            return None
+        drawn_at = self.clock.ms()
+        await asyncio.sleep(0)  # the bridge writes it
+        os.sched_yield()
+        return drawn_at
+
     async def _offer_next(self) -> None:
         tx = self.waiting.next_due()
         if tx is None:
@@ -383,14 +401,8 @@ class Engine(Triggers):
             return
         self.current = _Current(tx)
         self._idle.clear()
-        # The order on screen first: OFFERED's screen needs nothing but the
-        # order, and the trigger takes several turns of the loop. Linux wakes
-        # the UI on this core, where it waited behind the trigger's work while
-        # the other core idled (docs/perf-log.md): hence the yield.
-        self._view(State.OFFERED, tx, progress="Confirm the amount" if tx.confirm else None)
+        await self._draw(tx)  # unless drawn when pushed
         self._hop("shown")
-        await asyncio.sleep(0)  # the bridge writes it before the trigger runs
-        os.sched_yield()
         await self.offer()
 
     async def _close(self, trans_no: str) -> None:
@@ -403,14 +415,13 @@ class Engine(Triggers):
         if not self.waiting.close(trans_no):
             log.warning("close for unknown order %s", trans_no)
             return
-        self._show()
+        self.screen.send()
 
     # ================================================================ state callbacks
 
     async def on_enter_IDLE(self) -> None:
         self.current = None
         self.screen.idle()
-        self._show()
         self._idle.set()
         self._inbox.put_nowait(OfferNext())
 
@@ -482,7 +493,7 @@ class Engine(Triggers):
             attempts[-1].request_no,
             refused=cur.refused,
             cancelled=lambda: cur.reverse_now,
-            reversing=lambda: self._progress("Cancelling the payment..."),
+            reversing=lambda: self.screen.progress("Cancelling the payment..."),
         )
         await self._conclude(outcome)
 
@@ -584,17 +595,3 @@ class Engine(Triggers):
         self.screen.order(
             state, tx, methods, progress=progress, card=card, result=result, message=message
         )
-        self._show()
-
-    def _progress(self, text: str) -> None:
-        self.screen.progress(text)
-        self._show()
-
-    def _message(self, text: str) -> None:
-        self.screen.message(text)
-        self._show()
-
-    def _show(self) -> None:
-        """Tell the checkout and the status (never raises); a sign of life."""
-        self.progress.beat()
-        self.screen.send(len(self.queue))

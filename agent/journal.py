@@ -4,8 +4,8 @@ Contract (DESIGN.md "Transaction engine", docs/protocol.md part C and D):
 
 * WAL with ``synchronous=FULL``: a method returns only once its rows are on
   disk, so the caller may then take the outside effect (PUBACK a push, send a
-  payment, publish an event). One exception, for the push that an idle
-  terminal must show at once: ``batch(deferred_sync=True)`` commits to the OS
+  payment, publish an event). One exception, for a push, which the terminal
+  takes on at once: ``batch(deferred_sync=True)`` commits to the OS
   only (safe if the agent crashes, not if the power fails) and the caller
   runs ``sync()`` (the WAL's fdatasync, from any thread) before the effect.
 * Pushes are keyed by ``message_id``: ``record_order`` and
@@ -50,6 +50,7 @@ from agent.journal_rows import AttemptRow as AttemptRow
 from agent.journal_rows import JournalError as JournalError
 from agent.journal_rows import OrderRecord as OrderRecord
 from agent.journal_rows import OutboxRow as OutboxRow
+from agent.journal_rows import ShownOrder as ShownOrder
 from agent.journal_rows import TxRow as TxRow
 from agent.journal_rows import check_clean, tx_row
 from agent.journal_schema import MAX_REJECTIONS, MIGRATIONS
@@ -128,11 +129,11 @@ class Journal:
         try:
             if deferred_sync:
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
-                # Nor a checkpoint: this commit is on the way to the screen,
-                # and a checkpoint inside it (its page copies and two syncs)
-                # held the order back by ~1.5 ms about once in 30 pushes
-                # (benchmarks/push_to_screen.py). The next FULL commit runs it
-                # (an idle terminal's OFFERED, right after the order is drawn).
+                # Nor a checkpoint: this commit is on a push's way to the
+                # screen or the OFFERED commit, and a checkpoint inside it
+                # (its page copies and two syncs) held it back by ~1.5 ms
+                # about once in 30 pushes (benchmarks/push_to_screen.py).
+                # The next FULL commit runs it (an idle terminal's OFFERED).
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -226,6 +227,10 @@ class Journal:
     def seen_push(self, message_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM pushes WHERE message_id=?", (message_id,)).fetchone()
         return row is not None
+
+    def has_order(self, trans_no: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM transactions WHERE trans_no=?", (trans_no,))
+        return row.fetchone() is not None
 
     def record_rejected_push(self, message_id: str, topic: str, reason: str) -> bool:
         """Journal a push we refuse although its signature verified (another

@@ -51,6 +51,10 @@ class OrderRecord:
             "queue_mode": self.queue_mode,
         }
 
+    @property
+    def trans_amount(self) -> Decimal:
+        return self.amount + (self.tip_amount or Decimal(0))
+
 
 # 13-19 digit runs pass the PAN shape; the journal refuses them outright.
 _PAN_LIKE = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
@@ -95,6 +99,11 @@ class TxRow:
     @property
     def trans_amount(self) -> Decimal:
         return self.amount + (self.tip_amount or Decimal(0))
+
+
+# An order as the screen and the readers see it: journaled, or verified and
+# drawn before it is journaled (an idle terminal's push, agent.intake).
+ShownOrder = TxRow | OrderRecord
 
 
 @dataclass(frozen=True, slots=True)

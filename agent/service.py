@@ -308,7 +308,7 @@ class AgentService:
         self.readers = self._build_readers(new)
         for reader in self.readers:
             await reader.start()
-        engine.readers = list(self.readers)
+        engine.arming.readers = list(self.readers)  # between orders: it is idle
         # result_seconds is built into the state table: a restart changes it.
         settings = EngineSettings.of(new, private, public, engine.settings.result_seconds)
         engine.reconfigure(settings, self.gateway)
@@ -412,7 +412,7 @@ class AgentService:
         self._notify_status()
 
     def _connection_event(self) -> bp.ConnectionEvent:
-        ok = self.engine.gateway_ok if self.engine else None
+        ok = self.engine.settlement.gateway_ok if self.engine else None
         return bp.ConnectionEvent(
             mqtt=self.health.mqtt,  # type: ignore[arg-type]
             mqtt_reason=self.health.mqtt_reason,

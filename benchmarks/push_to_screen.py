@@ -8,9 +8,10 @@ three simulated readers on ptys, a bridge client):
   that shows the order reaching a reader of the bridge socket;
 * ``agent``: the agent's share - from the push's arrival at a bare MQTT
   subscriber on the same broker and topic (it gets the message when the
-  agent does) to that screen event's arrival: paho, signature check, the
-  journal write (its fsync runs in a thread beside the screen, before the
-  PUBACK), the state machine, the bridge socket;
+  agent does) to that screen event's arrival: paho, the signature check, the
+  journal's replay check (a read), the bridge socket (an idle terminal draws
+  a new order before it journals it; the write, and the fsync before the
+  PUBACK, come after);
 * ``floor``: a bare QoS 1 publish of a push-sized payload from one bare paho
   client to the bare subscriber through the same broker, taken in the same
   run, in the same idle state, just before each push.
@@ -43,7 +44,7 @@ costs nothing there, so the difference is what the journal's fsyncs cost).
 Mosquitto and the sandbox keep their files on tmpfs: they stand in for the
 cloud, and on the disk their writes would be flushed with the agent's fsync.
 Beside them, each agent's own hop timeline from its journal
-(``push_received``, ``journaled``, ``shown``, ``acknowledged``; whole ms).
+(``push_received``, ``shown``, ``journaled``, ``acknowledged``; whole ms).
 
 Between pushes (not timed): the order is cancelled with the bridge intent,
 the script waits for the ``cancelled`` terminal event and the IDLE screen
@@ -91,7 +92,7 @@ from tests.integration.conftest import SandboxHandle
 
 WARMUP = 3
 FLOOR_PER_PUSH = 3
-HOPS = ("push_received", "journaled", "shown", "acknowledged")
+HOPS = ("push_received", "shown", "journaled", "acknowledged")
 TMPFS = Path("/dev/shm")
 TARGET_MS = 2.0  # agent p99 over the floor's p99 (issue 17)
 

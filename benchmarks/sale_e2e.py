@@ -76,8 +76,8 @@ AGENT_HOPS = HOPS
 STAGES = {
     "created": "POS create call answered",
     "push_received": "POS create -> push in the agent",
-    "journaled": "  verify and journal the push (written)",
-    "shown": "  order on screen",
+    "shown": "  verify the push, order on screen",
+    "journaled": "  journal the push (written)",
     "acknowledged": "  the push's fsync done (then PUBACK)",
     "card_presented": "  readers armed, card polled and read (EMV)",
     "card_read": "  card checked",

@@ -36,8 +36,8 @@ from cloud.messages import EventKind, OnlineStatus, OrderInfo, TransStatus, term
 # The hops of a payment, in the order a sale reaches them.
 HOPS = (
     "push_received",
+    "shown",  # an idle terminal draws a new order before it journals it
     "journaled",
-    "shown",  # an idle terminal draws the order while the push's fsync runs
     "acknowledged",
     "card_presented",
     "card_read",

@@ -137,9 +137,9 @@ async def test_sale_by_card_approved_and_reported(rig: Rig) -> None:
     assert rig.sink.kinds("TR1") == ["received", "displayed", "paid"]
     hops = rig.sink.hops("TR1", "paid")
     names = [h for h in hops if h != "event_published"]
-    # Shown while the push's fsync runs, acknowledged once it is done.
-    assert names[:2] == ["push_received", "journaled"]
-    assert {"shown", "acknowledged"} <= set(names)
+    # Drawn before it is journaled, acknowledged once it is durable.
+    assert names[:3] == ["push_received", "shown", "journaled"]
+    assert "acknowledged" in names
     assert list(hops.values()) == sorted(hops.values())
     result = [s for s in rig.screens if s.screen is m.Screen.RESULT][-1]
     assert result.result is not None
@@ -192,47 +192,142 @@ class GatedSync:
         self._real()
 
 
-async def test_idle_push_drawn_before_its_fsync_and_acknowledged_after(rig: Rig) -> None:
-    """An idle terminal draws the order before the push is durable; its
-    OFFERED commit's fsync covers the push; handle_push (after which the link
-    sends the PUBACK) returns only once the push is durable."""
-    unsynced_when_drawn: list[bool] = []
+async def test_idle_push_drawn_before_it_is_journaled_and_acknowledged_once_durable(
+    rig: Rig,
+) -> None:
+    """An idle terminal draws a verified new order before it journals it (the
+    journal's write then runs beside the UI's drawing); handle_push (after
+    which the link sends the PUBACK) returns only once the push is durable."""
+    journaled_when_drawn: list[bool] = []
     draw = rig.engine.screen._sink
 
     def on_screen(view: ScreenEvent, waiting: int) -> None:
-        if view.order is not None and not unsynced_when_drawn:
-            unsynced_when_drawn.append(rig.journal.unsynced)
+        if view.order is not None and not journaled_when_drawn:
+            journaled_when_drawn.append(rig.journal.get(view.order.trans_no) is not None)
         draw(view, waiting)
 
     rig.engine.screen._sink = on_screen
     await rig.engine.handle_push(push_order("TR1"))
-    assert unsynced_when_drawn == [True]  # on screen before its fsync
+    assert journaled_when_drawn == [False]  # on screen before it is journaled
+    assert rig.phase("TR1") is not None
     assert not rig.journal.unsynced  # durable before the PUBACK
 
 
 async def test_idle_push_gives_the_ui_the_core_before_offered(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once the order is drawn the worker yields the CPU (the UI, woken onto
-    this core, draws it) before the OFFERED trigger's work: the screen, the
-    yield, then OFFERED's commit, in that order."""
+    """Once the order is drawn the engine yields the CPU (the UI, woken onto
+    this core, draws it) before the journal's write and the OFFERED trigger's
+    work: the screen, the yield, then the rest; and the worker's offer does
+    not draw it a second time."""
     order: list[str] = []
     draw = rig.engine.screen._sink
 
     def on_screen(view: ScreenEvent, waiting: int) -> None:
         if view.order is not None:
-            order.append(f"screen {view.screen.value}")
+            order.append(f"screen {view.screen.value}: {view.progress}")
         draw(view, waiting)
 
     def sched_yield() -> None:
-        unsynced = "push not durable" if rig.journal.unsynced else "durable"
-        order.append(f"yield in {rig.engine.state.value}, {unsynced}")
+        journaled = "journaled" if rig.journal.get("TR1") is not None else "not journaled"
+        order.append(f"yield in {rig.engine.state.value}, {journaled}")
 
     rig.engine.screen._sink = on_screen
     monkeypatch.setattr(os, "sched_yield", sched_yield)
     await rig.engine.handle_push(push_order("TR1"))
-    assert order[:2] == ["screen WAITING_FOR_CARD", "yield in IDLE, push not durable"]
+    offered = ["screen WAITING_FOR_CARD: None", "yield in IDLE, not journaled"]
+    assert order == offered
     assert rig.engine.state is not State.IDLE  # offered once the yield returned
+    await async_until(lambda: rig.nfc.armed is not None)
+    assert order == [*offered, "screen WAITING_FOR_CARD: Tap, swipe or scan"]  # armed
+
+
+async def _finish_cancelled(rig: Rig, trans_no: str) -> None:
+    await async_until(lambda: rig.nfc.armed is not None)
+    assert (await rig.engine.handle_intent("cancel")).accepted
+    await async_until(lambda: "cancelled" in rig.sink.kinds(trans_no))
+    await async_until(lambda: rig.engine.state is State.IDLE and rig.engine.current is None)
+
+
+async def test_replayed_order_never_drawn_again(rig: Rig) -> None:
+    """Anyone on the broker may replay a genuine signed push, and the POS may
+    push a trans_no again under a new message: an idle terminal draws only an
+    order never journaled, so neither reaches the screen."""
+    payload = push_order("TR1")
+    await rig.engine.handle_push(payload)
+    await _finish_cancelled(rig, "TR1")
+    before = len(rig.screens)
+    await rig.engine.handle_push(payload)  # the same message: a replay or a redelivery
+    await rig.engine.handle_push(push_order("TR1", message_id="msg-new"))
+    assert [s for s in rig.screens[before:] if s.order is not None] == []
+    assert rig.engine.current is None
+    assert rig.phase("TR1") is Phase.CANCELLED
+    assert rig.sink.kinds("TR1").count("received") == 1
+
+
+async def test_order_taken_off_the_screen_when_it_cannot_be_journaled(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawn, then the journal refuses it (a full or failing disk): the order
+    leaves the screen, the push is not acknowledged (handle_push raises), and
+    its redelivery is drawn and offered."""
+    record_order = rig.journal.record_order
+
+    def refused(message_id: str, order: OrderRecord) -> bool:
+        raise JournalError("journal write failed: database or disk is full")
+
+    monkeypatch.setattr(rig.journal, "record_order", refused)
+    with pytest.raises(JournalError):
+        await rig.engine.handle_push(push_order("TR1"))
+    assert [s.order.trans_no for s in rig.screens if s.order] == ["TR1"]
+    assert rig.screens[-1].screen is m.Screen.IDLE
+    assert rig.engine.current is None
+    assert rig.journal.get("TR1") is None
+
+    monkeypatch.setattr(rig.journal, "record_order", record_order)
+    await rig.engine.handle_push(push_order("TR1"))  # the broker delivers it again
+    await async_until(lambda: rig.nfc.armed is not None)
+    assert rig.phase("TR1") is Phase.AWAITING_PAYMENT
+
+
+async def test_order_taken_off_the_screen_when_taking_it_fails(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawn, then a bug while journaling it: the push is rejected under its
+    own message_id (so it cannot block the topic) and leaves the screen."""
+
+    def broken(message_id: str, order: OrderRecord) -> bool:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(rig.journal, "record_order", broken)
+    await rig.engine.handle_push(push_order("TR1"))
+    await async_until(lambda: "rejected" in rig.sink.kinds())
+    assert rig.sink.events[-1].reason == "internal_error"
+    assert [s.order.trans_no for s in rig.screens if s.order] == ["TR1"]
+    assert rig.screens[-1].screen is m.Screen.IDLE
+    assert rig.engine.current is None
+
+
+async def test_push_cancelled_once_drawn_leaves_no_order_on_screen(rig: Rig) -> None:
+    """A push whose handling is cancelled once drawn (the link stopped by a
+    reload or a shutdown) takes its order off the screen: not acknowledged,
+    the broker delivers it again."""
+    draw = rig.engine.screen._sink
+    task: asyncio.Task[None] | None = None
+
+    def on_screen(view: ScreenEvent, waiting: int) -> None:
+        draw(view, waiting)
+        if view.order is not None and task is not None:
+            task.cancel()
+
+    rig.engine.screen._sink = on_screen
+    task = asyncio.create_task(rig.engine.handle_push(push_order("TR1")))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [s.order.trans_no for s in rig.screens if s.order] == ["TR1"]
+    assert rig.screens[-1].screen is m.Screen.IDLE
+    assert rig.engine.current is None
+    assert rig.journal.get("TR1") is None
 
 
 async def test_push_fsynced_by_itself_when_the_worker_is_slow(

@@ -36,8 +36,8 @@ def _event(event: str, hops: dict[str, int] | None = None, **extra: Any) -> dict
 
 
 SALE = [
-    _event("received", {"push_received": 1000, "journaled": 1004}),
-    _event("displayed", {"push_received": 1000, "journaled": 1004, "shown": 1005}),
+    _event("received", {"push_received": 1000, "shown": 1002, "journaled": 1004}),
+    _event("displayed", {"push_received": 1000, "shown": 1002, "journaled": 1004}),
     _event("paid", {name: 1000 + 10 * i for i, name in enumerate(HOPS)}),
 ]
 
