@@ -135,19 +135,9 @@ class CheckoutScreen:
         self.view = IDLE
         self.send()
 
-    def order(
-        self,
-        state: State,
-        tx: ShownOrder,
-        methods: Sequence[Method],
-        *,
-        progress: str | None = None,
-        card: bp.CardInfo | None = None,
-        result: bp.ResultInfo | None = None,
-        message: str | None = None,
-    ) -> None:
-        """``tx`` as the state table says ``state`` looks."""
-        self.view = look(state, tx, methods, progress, card, result, message)
+    def show(self, view: bp.ScreenEvent) -> None:
+        """``view`` (``look``: an order as a state looks)."""
+        self.view = view
         self.send()
 
     def offered(self, tx: ShownOrder, methods: Sequence[Method]) -> bool:
@@ -155,8 +145,7 @@ class CheckoutScreen:
         view = look(State.OFFERED, tx, methods, "Confirm the amount" if tx.confirm else None)
         if view == self.view:
             return False
-        self.view = view
-        self.send()
+        self.show(view)
         return True
 
     def progress(self, text: str) -> None:

@@ -48,7 +48,7 @@ from agent import bridge_protocol as bp
 from agent.arming import ReaderArming, ReaderPort
 from agent.backoff import Backoff
 from agent.bridge_replies import ActionReply
-from agent.checkout_screen import CheckoutScreen, ScreenSink, card_info, result_info
+from agent.checkout_screen import CheckoutScreen, ScreenSink, card_info, look, result_info
 from agent.clock import Clock, wall_ms
 from agent.durability import Durability
 from agent.engine_settings import EngineSettings
@@ -592,6 +592,4 @@ class Engine(Triggers):
         message: str | None = None,
     ) -> None:
         methods = self.arming.methods(tx)
-        self.screen.order(
-            state, tx, methods, progress=progress, card=card, result=result, message=message
-        )
+        self.screen.show(look(state, tx, methods, progress, card, result, message))
