@@ -385,8 +385,9 @@ class Engine(Triggers):
 
     async def _draw(self, order: ShownOrder) -> int | None:
         """Draw OFFERED's screen, unless drawn already (None), and yield:
-        Linux wakes the UI on this core, where it would wait behind the
-        trigger's work while the other core idles (docs/perf-log.md)."""
+        Linux wakes the UI on this core, where it would wait behind the work
+        that follows (the journal's write, the OFFERED trigger) while the
+        other core idles (docs/perf-log.md)."""
         if not self.screen.offered(order, self.arming.methods(order)):
             return None
         drawn_at = self.clock.ms()
