@@ -268,6 +268,7 @@ class Engine(Triggers):
         try:
             if drawn is not None:
                 drawn_at = await self._draw(drawn)
+                crash_point("order_drawn")
             waiting = len(self.queue)
             taken = await self.intake.journal(opened, busy=busy, waiting=waiting, drawn_at=drawn_at)
         finally:

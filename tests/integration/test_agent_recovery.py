@@ -69,7 +69,8 @@ def test_sigkill_after_push_journaled(term: Terminal) -> None:
     confirmed and paid once."""
     order = term.push("11.00", confirm_on_terminal=True)
     term.screens.wait_screen("WAITING_FOR_CONFIRM", order.trans_no)
-    assert term.journal_phase(order.trans_no) == "OFFERED"
+    # Drawn before it is journaled (an idle terminal draws a new order first).
+    until(lambda: term.journal_phase(order.trans_no) == "OFFERED")
     term.kill_agent()
 
     term.start_agent()
@@ -81,6 +82,31 @@ def test_sigkill_after_push_journaled(term: Terminal) -> None:
     assert (done.phase, done.info.trans_status) == ("APPROVED", TransStatus.COMPLETED)
     assert len(done.charges) == 1
     term.wait_outcome(order, "approved")
+    term.assert_all_settled()
+
+
+def test_sigkill_with_the_order_drawn_before_it_is_journaled(term: Terminal) -> None:
+    """Killed with a new order drawn but not yet journaled (an idle terminal
+    draws first): the push was never acknowledged, so the broker delivers it
+    again to the restarted agent, which shows it, journals it and is paid
+    once."""
+    term.kill_agent()
+    term.start_agent(crash_at="order_drawn")
+    order = term.push("11.20")
+    assert term.wait_agent_died() == -9
+    assert "crash point order_drawn: SIGKILL" in term.log_text()
+    assert term.journal_phase(order.trans_no) is None  # drawn, never journaled
+
+    term.start_agent()  # a new bridge client: its screens are the new agent's
+    term.screens.wait_screen("WAITING_FOR_CARD", order.trans_no)  # delivered again
+    term.present("nfc", "present visa", order)
+    done = term.settled(order)
+    assert (done.phase, done.info.trans_status) == ("APPROVED", TransStatus.COMPLETED)
+    assert len(done.charges) == 1
+    term.wait_outcome(order, "approved")
+    until(lambda: term.events(message_id=order.message_id, event="paid"))
+    kinds = [e["event"] for e in term.events(message_id=order.message_id)]
+    assert kinds == ["received", "displayed", "paid"]  # nothing from the killed agent
     term.assert_all_settled()
 
 
