@@ -229,6 +229,7 @@ class Journal:
         return row is not None
 
     def has_order(self, trans_no: str) -> bool:
+        """Whether ``trans_no`` is journaled (a push of it again is a duplicate)."""
         row = self._db.execute("SELECT 1 FROM transactions WHERE trans_no=?", (trans_no,))
         return row.fetchone() is not None
 
@@ -312,10 +313,7 @@ class Journal:
             )
             if cur.rowcount == 0:
                 return False
-            exists = db.execute(
-                "SELECT 1 FROM transactions WHERE trans_no=?", (tx["trans_no"],)
-            ).fetchone()
-            if exists:
+            if self.has_order(tx["trans_no"]):
                 db.execute(
                     "UPDATE pushes SET outcome='duplicate_trans_no' WHERE message_id=?",
                     (message_id,),
