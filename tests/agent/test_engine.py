@@ -429,6 +429,26 @@ async def test_queue_fifo_and_filo_with_busy_event(rig: Rig) -> None:
     assert busy == {"B": "queue position 1", "C": "queue position 1"}
 
 
+async def test_push_while_busy_is_queued_never_drawn_over_the_current_order(rig: Rig) -> None:
+    """Only an idle terminal draws a push at once: while an order is being
+    paid, a new one waits, off the screen, until that payment ends."""
+    await rig.engine.handle_push(push_order("A"))
+    await async_until(lambda: rig.nfc.armed is not None)
+    before = len(rig.screens)
+    await rig.engine.handle_push(push_order("B"))
+    assert list(rig.engine.queue) == ["B"]
+    assert {s.order.trans_no for s in rig.screens[before:] if s.order} == {"A"}
+    assert rig.engine.screen.view.order is not None
+    assert rig.engine.screen.view.order.trans_no == "A"
+    assert (await rig.engine.handle_intent("cancel")).accepted
+    await async_until(
+        lambda: rig.engine.current is not None and rig.engine.current.tx.trans_no == "B"
+    )
+    await async_until(lambda: rig.nfc.armed is not None)
+    assert rig.engine.screen.view.order is not None
+    assert rig.engine.screen.view.order.trans_no == "B"
+
+
 async def test_cashier_cancel_cancels_at_gateway(rig: Rig) -> None:
     await rig.engine.handle_push(push_order("TR4"))
     await async_until(lambda: rig.nfc.armed is not None)
